@@ -1,0 +1,174 @@
+"""Checkpoints: safetensors with the model config embedded, and the weights manifest (sha256).
+
+Nothing here unpickles: safetensors holds tensors only, the config travels as JSON metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import ModelConfig, config_from_dict, load_config, resources_dir
+from .errors import CheckpointError, ConfigError, ModelNotFound, ModelNotTrained
+from .model import LoRAIR
+
+FORMAT = "lorair-1"
+_verified: dict[tuple[str, int, int], str] = {}
+
+
+def weights_dir() -> Path:
+    return resources_dir() / "weights"
+
+
+def manifest_path() -> Path:
+    return weights_dir() / "manifest.json"
+
+
+def read_manifest() -> dict[str, dict]:
+    path = manifest_path()
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"weights manifest {path} is not valid JSON: {exc}") from exc
+    return data.get("models", {})
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_sha256(path: Path, expected: str) -> None:
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    got = _verified.get(key) or sha256_file(path)
+    if got != expected:
+        raise CheckpointError(
+            f"checksum mismatch for {path.name}: expected sha256 {expected[:12]}…, file has {got[:12]}…",
+            "the file is damaged or was replaced; reinstall it or retrain, then update the manifest",
+        )
+    _verified[key] = got
+
+
+def save_checkpoint(model: LoRAIR, path: Path, half: bool = False, meta: dict[str, str] | None = None) -> str:
+    """Write config + weights; returns the file's sha256. `half` stores float tensors as fp16."""
+    tensors = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu()
+        if half and v.is_floating_point():
+            v = v.half()
+        tensors[k] = v.contiguous()
+    metadata = {"format": FORMAT, "config": model.cfg.to_json(), **(meta or {})}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    tmp.replace(path)  # atomic: a crash never leaves a half-written checkpoint under the real name
+    return sha256_file(path)
+
+
+def read_checkpoint(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, str]]:
+    if not path.is_file():
+        raise ModelNotFound(f"checkpoint {path} does not exist")
+    try:
+        tensors = load_file(str(path))
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path.name} is not a readable safetensors file: {exc}",
+                              "re-download or re-export the checkpoint") from exc
+    if meta.get("format") != FORMAT or "config" not in meta:
+        raise CheckpointError(f"{path.name} is not a LoRA-IR Desktop checkpoint (no embedded config)",
+                              "convert official weights with `lorair import-official`")
+    try:
+        cfg = config_from_dict(json.loads(meta["config"]), where=f"{path.name}:config")
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path.name} carries a damaged config: {exc}") from exc
+    return cfg, tensors, meta
+
+
+def load_state_strict(model: LoRAIR, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Load tensors, naming every missing, unexpected or mis-shaped key with its shapes."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    bad = [f"{k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(own[k].shape)}"
+           for k in sorted(set(own) & set(tensors)) if tensors[k].shape != own[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+    if bad:
+        problems.append(f"{len(bad)} shape mismatches (e.g. {'; '.join(bad[:3])})")
+    if problems:
+        raise CheckpointError(f"{source} does not match its config: " + "; ".join(problems),
+                              "the file and its config disagree; re-export it from the training run")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()}, strict=True)
+
+
+def load_checkpoint(path: Path) -> LoRAIR:
+    cfg, tensors, _ = read_checkpoint(path)
+    model = LoRAIR(cfg)
+    load_state_strict(model, tensors, path.name)
+    return model.eval()
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    config: ModelConfig
+    weights: Path | None  # None: a preset with no trained weights yet
+    sha256: str | None
+
+
+def list_models() -> list[ModelEntry]:
+    from .config import list_presets
+
+    return [resolve_model(n, must_have_weights=False) for n in list_presets()]
+
+
+def resolve_model(name_or_path: str | Path, must_have_weights: bool = True) -> ModelEntry:
+    """A preset name (weights from the manifest) or a .safetensors path."""
+    p = Path(name_or_path)
+    if p.suffix == ".safetensors" or p.is_file():
+        cfg, _, _ = read_checkpoint(p)
+        return ModelEntry(cfg.name, cfg, p, None)
+    name = str(name_or_path)
+    try:
+        cfg = load_config(name)
+    except ConfigError as exc:
+        raise ModelNotFound(exc.message, exc.hint) from exc
+    entry = read_manifest().get(name)
+    weights = weights_dir() / entry["file"] if entry else None
+    if weights is not None and not weights.is_file():
+        weights = None
+    if weights is None and must_have_weights:
+        raise ModelNotTrained(
+            f"model '{name}' has no trained weights installed, so it would only produce noise",
+            f"train it with `lorair train --preset {name}` or pass a checkpoint path with --model",
+        )
+    return ModelEntry(name, cfg, weights, entry.get("sha256") if entry else None)
+
+
+def load_model(name_or_path: str | Path) -> LoRAIR:
+    entry = resolve_model(name_or_path)
+    assert entry.weights is not None
+    if entry.sha256:
+        verify_sha256(entry.weights, entry.sha256)
+    return load_checkpoint(entry.weights)
+
+
+DEFAULT_MODEL = "lorair-compact"

@@ -1,0 +1,194 @@
+"""Model configs: strict dataclasses loaded from the JSON presets in resources/model_configs/.
+
+An unknown or missing key is a ConfigError that names the valid keys, so a typo never silently
+falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .errors import ConfigError
+
+_EXPERT_NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+
+
+def resources_dir() -> Path:
+    """The repository's resources folder (override with LORAIR_RESOURCES)."""
+    env = os.environ.get("LORAIR_RESOURCES")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "resources"
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """NAFNet backbone with the degradation prior (DAM blocks on encoder levels and middle)."""
+
+    width: int = 16
+    enc_blocks: tuple[int, ...] = (1, 1, 1, 2)
+    middle_blocks: int = 2
+    dec_blocks: tuple[int, ...] = (1, 1, 1, 1)
+    prior_dim: int = 384  # size of the router's degradation prior
+    dam_hidden: int = 128  # 1x1 prior -> hidden -> C inside each DAM
+    dam_reduction: int = 16  # SE-style squeeze ratio inside each DAM
+    train_size: int = 128  # training crop; sets the TLC pooling window (1.5x)
+    tlc: bool = True  # test-time local converter for the channel attention
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    rank: int = 4
+    alpha: float = 8.0
+    top_k: int = 1  # router weights keep the k largest logits, softmax over them
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """DG-Router: an open_clip vision tower seen through 1 global + 2x2 high-resolution views."""
+
+    clip_model: str = "lorair-tiny-vit"  # open_clip architecture name (custom ones live in clip/)
+    image_size: int = 128  # side of each view fed to the tower
+    views: str = "native"  # "paper": image resized to 2S and cut in 4; "native": 4 S-crops at full res
+    head_hidden: int = 256
+    pretrained: str | None = None  # open_clip pretrained tag or local file (then tower frozen)
+    freeze_tower: bool = False
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    description: str
+    experts: tuple[str, ...]
+    net: NetConfig = field(default_factory=NetConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    router: RouterConfig = field(default_factory=RouterConfig)
+
+    def __post_init__(self) -> None:
+        if not self.experts:
+            raise ConfigError(f"model '{self.name}' lists no experts", "add an 'experts' list")
+        for e in self.experts:
+            if not _EXPERT_NAME.match(e):
+                raise ConfigError(
+                    f"expert name {e!r} is not valid", "use lowercase letters, digits and '-', e.g. 'low-light'"
+                )
+        if len(set(self.experts)) != len(self.experts):
+            raise ConfigError(f"model '{self.name}' repeats an expert name: {list(self.experts)}")
+        if not 1 <= self.lora.top_k <= len(self.experts):
+            raise ConfigError(f"lora.top_k={self.lora.top_k} must lie in 1..{len(self.experts)}")
+        if self.router.views not in ("paper", "native"):
+            raise ConfigError(f"router.views={self.router.views!r} is not valid", "use 'paper' or 'native'")
+        if self.net.width % 2 or self.net.width < 4:
+            raise ConfigError(f"net.width={self.net.width} must be an even number >= 4")
+        if len(self.net.enc_blocks) != len(self.net.dec_blocks):
+            raise ConfigError("net.enc_blocks and net.dec_blocks must have the same number of levels")
+
+    @property
+    def num_experts(self) -> int:
+        return len(self.experts)
+
+    @property
+    def pad_multiple(self) -> int:
+        return 2 ** len(self.net.enc_blocks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+T = TypeVar("T")
+
+
+def _build(cls: type[T], data: Any, where: str) -> T:
+    """Build a frozen dataclass from a dict, refusing unknown keys and missing required ones."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a JSON object, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in {where}", f"valid keys: {sorted(fields)}")
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"missing key '{name}' in {where}", f"valid keys: {sorted(fields)}")
+            continue
+        value = data[name]
+        sub = _NESTED.get((cls, name))
+        if sub is not None:
+            value = _build(sub, value, f"{where}.{name}")
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # pragma: no cover - guarded by the key checks above
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+_NESTED: dict[tuple[type, str], type] = {
+    (ModelConfig, "net"): NetConfig,
+    (ModelConfig, "lora"): LoRAConfig,
+    (ModelConfig, "router"): RouterConfig,
+}
+
+
+def config_from_dict(data: Any, where: str = "config") -> ModelConfig:
+    cfg = _build(ModelConfig, data, where)
+    _check_types(cfg, where)
+    return cfg
+
+
+def _check_types(cfg: ModelConfig, where: str) -> None:
+    ints = {
+        "net.width": cfg.net.width,
+        "net.middle_blocks": cfg.net.middle_blocks,
+        "net.prior_dim": cfg.net.prior_dim,
+        "net.dam_hidden": cfg.net.dam_hidden,
+        "net.dam_reduction": cfg.net.dam_reduction,
+        "net.train_size": cfg.net.train_size,
+        "lora.rank": cfg.lora.rank,
+        "lora.top_k": cfg.lora.top_k,
+        "router.image_size": cfg.router.image_size,
+        "router.head_hidden": cfg.router.head_hidden,
+    }
+    for key, v in ints.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            raise ConfigError(f"{where}: {key} must be a positive integer, got {v!r}")
+    for key, seq in (("net.enc_blocks", cfg.net.enc_blocks), ("net.dec_blocks", cfg.net.dec_blocks)):
+        if not all(isinstance(v, int) and v >= 0 for v in seq):
+            raise ConfigError(f"{where}: {key} must be a list of non-negative integers, got {list(seq)}")
+
+
+def presets_dir() -> Path:
+    return resources_dir() / "model_configs"
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in presets_dir().glob("*.json"))
+
+
+def load_config(name_or_path: str | Path) -> ModelConfig:
+    """Load a preset by name (e.g. 'lorair-compact') or a JSON file path."""
+    path = Path(name_or_path)
+    if not path.suffix == ".json":
+        path = presets_dir() / f"{name_or_path}.json"
+        if not path.is_file():
+            raise ConfigError(f"unknown model preset '{name_or_path}'", f"valid presets: {list_presets()}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read model config {path}: {exc}") from exc
+    return config_from_dict(data, where=path.name)

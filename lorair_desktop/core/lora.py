@@ -1,0 +1,111 @@
+"""A bank of low-rank expert adapters on one convolution (LoRA-IR's mixture of LoRA experts).
+
+Layout follows loralib's ConvLoRA so the official checkpoints map one to one:
+  A: (E, r*k, in*k)    B: (E, out/groups*k, r*k)    delta_i = (B_i @ A_i).view(W.shape) * alpha/r
+For a depthwise conv (groups = in = out) the product is (k, C*k), which views to (C, 1, k, k).
+
+Three ways to run, all giving the same result:
+- merged (inference): W = W0 + sum_i w_i delta_i folded once per image; the per-pixel cost is the plain conv's;
+- per-sample (training): each sample's merged weight, run as one grouped conv over the batch;
+- unmerged (reference): conv(x, W0) + sum_i w_i conv(x, delta_i).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class LoRAConv2d(nn.Module):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel_size: int,
+        *,
+        stride: int = 1,
+        padding: int = 0,
+        groups: int = 1,
+        bias: bool = True,
+        num_experts: int = 1,
+        rank: int = 4,
+        alpha: float = 8.0,
+    ) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_ch, out_ch, kernel_size, stride=stride, padding=padding, groups=groups, bias=bias)
+        k = kernel_size
+        self.num_experts = num_experts
+        self.rank = rank
+        self.scale = alpha / rank
+        self.lora_A = nn.Parameter(torch.empty(num_experts, rank * k, in_ch * k))
+        self.lora_B = nn.Parameter(torch.zeros(num_experts, out_ch // groups * k, rank * k))
+        for i in range(num_experts):
+            nn.init.kaiming_uniform_(self.lora_A[i], a=math.sqrt(5))
+        self._merged: Tensor | None = None  # W0 + mix, set by merge(); never written into conv.weight
+        self.mix: Tensor | None = None  # (B, E) per-sample weights for training
+        self.reference_mix: Tensor | None = None  # (E,) weights for the unmerged reference path
+
+    # -- expert deltas ---------------------------------------------------------------------------
+    def deltas(self) -> Tensor:
+        """All expert deltas stacked: (E, *W.shape)."""
+        w = self.conv.weight
+        return torch.bmm(self.lora_B, self.lora_A).reshape(self.num_experts, *w.shape) * self.scale
+
+    def mixed_weight(self, weights: Tensor) -> Tensor:
+        """W0 + sum_i w_i delta_i for weights of shape (E,) -> W.shape, or (B, E) -> (B, *W.shape)."""
+        d = self.deltas()
+        if weights.dim() == 1:
+            return self.conv.weight + torch.tensordot(weights.to(d.dtype), d, dims=1)
+        return self.conv.weight.unsqueeze(0) + torch.tensordot(weights.to(d.dtype), d, dims=1)
+
+    @torch.no_grad()
+    def merge(self, weights: Tensor, channels_last: bool = False) -> None:
+        w = self.mixed_weight(weights.to(self.conv.weight.device)).detach()
+        self._merged = w.contiguous(memory_format=torch.channels_last) if channels_last else w
+
+    def unmerge(self) -> None:
+        self._merged = None
+
+    @property
+    def merged(self) -> bool:
+        return self._merged is not None
+
+    # -- forward ---------------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        c = self.conv
+        if self.mix is not None:
+            return self._forward_per_sample(x, self.mix)
+        if self.reference_mix is not None:
+            return self.forward_unmerged(x, self.reference_mix)
+        weight = self._merged if self._merged is not None else c.weight
+        return F.conv2d(x, weight.to(x.dtype), None if c.bias is None else c.bias.to(x.dtype),
+                        c.stride, c.padding, c.dilation, c.groups)
+
+    def _forward_per_sample(self, x: Tensor, mix: Tensor) -> Tensor:
+        c = self.conv
+        b = x.shape[0]
+        if mix.shape[0] != b:
+            raise ValueError(f"expert weights for {mix.shape[0]} samples, batch has {b}")
+        w = self.mixed_weight(mix)  # (B, out, in/g, k, k)
+        y = F.conv2d(x.reshape(1, -1, *x.shape[2:]), w.reshape(-1, *w.shape[2:]).to(x.dtype), None,
+                     c.stride, c.padding, c.dilation, c.groups * b)
+        y = y.reshape(b, -1, *y.shape[2:])
+        if c.bias is not None:
+            y = y + c.bias.view(1, -1, 1, 1).to(x.dtype)
+        return y
+
+    def forward_unmerged(self, x: Tensor, weights: Tensor) -> Tensor:
+        """Reference path: base conv plus each expert's conv, weighted. weights: (E,)."""
+        c = self.conv
+        y = F.conv2d(x, c.weight, c.bias, c.stride, c.padding, c.dilation, c.groups)
+        for i, d in enumerate(self.deltas()):
+            if float(weights[i]) != 0.0:
+                y = y + weights[i] * F.conv2d(x, d, None, c.stride, c.padding, c.dilation, c.groups)
+        return y
+
+
+def lora_layers(module: nn.Module) -> list[LoRAConv2d]:
+    return [m for m in module.modules() if isinstance(m, LoRAConv2d)]

@@ -1,0 +1,185 @@
+"""NAFNet backbone with the degradation prior (DAM blocks) and LoRA experts on every convolution.
+
+Shapes: image (B, 3, H, W) in [0, 1]; prior (B, P). Every conv is a LoRAConv2d; with no expert
+weights set (or all zero) the network is exactly the Stage 1 base network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import ModelConfig
+from .lora import LoRAConv2d
+
+ConvFactory = Callable[..., LoRAConv2d]
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over channels of a (B, C, H, W) tensor (NAFNet's, with `weight`/`bias` names)."""
+
+    def __init__(self, c: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(c))
+        self.bias = nn.Parameter(torch.zeros(c))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        mu = x.mean(1, keepdim=True)
+        var = (x - mu).pow(2).mean(1, keepdim=True)
+        y = (x - mu) * torch.rsqrt(var + self.eps)
+        return y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+
+def local_mean(x: Tensor, window: tuple[int, int]) -> Tensor:
+    """Mean over a sliding window, edges replicated (TLC). Equals the global mean when the window covers x."""
+    h, w = x.shape[-2:]
+    kh, kw = min(window[0], h), min(window[1], w)
+    if kh == h and kw == w:
+        return x.mean((-2, -1), keepdim=True)
+    # Integral image in float64: large windows over float32 sums lose precision.
+    s = x.double().cumsum(-2).cumsum(-1)
+    s = F.pad(s, (1, 0, 1, 0))
+    out = s[..., kh:, kw:] - s[..., :-kh, kw:] - s[..., kh:, :-kw] + s[..., :-kh, :-kw]
+    out = (out / (kh * kw)).to(x.dtype)
+    oh, ow = out.shape[-2:]
+    pad = ((w - ow) // 2, (w - ow + 1) // 2, (h - oh) // 2, (h - oh + 1) // 2)
+    return F.pad(out, pad, mode="replicate")
+
+
+class ChannelPool(nn.Module):
+    """Global average pool while training; a local window (TLC) at inference when `window` is set."""
+
+    def __init__(self, window: int | None) -> None:
+        super().__init__()
+        self.window = window
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.window is None or self.training:
+            return x.mean((-2, -1), keepdim=True)
+        return local_mean(x, (self.window, self.window))
+
+
+class NAFBlock(nn.Module):
+    def __init__(self, c: int, conv: ConvFactory, tlc_window: int | None) -> None:
+        super().__init__()
+        dw = 2 * c
+        self.norm1 = LayerNorm2d(c)
+        self.conv1 = conv(c, dw, 1)
+        self.conv2 = conv(dw, dw, 3, padding=1, groups=dw)
+        self.pool = ChannelPool(tlc_window)
+        self.sca = conv(dw // 2, dw // 2, 1)
+        self.conv3 = conv(dw // 2, c, 1)
+        self.norm2 = LayerNorm2d(c)
+        self.conv4 = conv(c, 2 * c, 1)
+        self.conv5 = conv(c, c, 1)
+        self.beta = nn.Parameter(torch.zeros(1, c, 1, 1))
+        self.gamma = nn.Parameter(torch.zeros(1, c, 1, 1))
+
+    def forward(self, inp: Tensor) -> Tensor:
+        x = self.conv2(self.conv1(self.norm1(inp)))  # (B, 2C, H, W)
+        a, b = x.chunk(2, dim=1)
+        x = a * b  # SimpleGate -> (B, C, H, W)
+        x = x * self.sca(self.pool(x))  # simplified channel attention
+        y = inp + self.conv3(x) * self.beta
+        a, b = self.conv4(self.norm2(y)).chunk(2, dim=1)
+        return y + self.conv5(a * b) * self.gamma
+
+
+class DAM(nn.Module):
+    """Degradation-aware modulation: x <- x + beta * LayerNorm(x) * sigmoid(SE(h(prior)))."""
+
+    def __init__(self, c: int, prior_dim: int, hidden: int, reduction: int, conv: ConvFactory) -> None:
+        super().__init__()
+        self.norm = LayerNorm2d(c)
+        self.proj1 = conv(prior_dim, hidden, 1)
+        self.proj2 = conv(hidden, c, 1)
+        squeeze = max(1, c // reduction)
+        self.se1 = conv(c, squeeze, 1)
+        self.se2 = conv(squeeze, c, 1)
+        self.beta = nn.Parameter(torch.zeros(1, c, 1, 1))
+
+    def forward(self, x: Tensor, prior: Tensor) -> Tensor:  # prior: (B, P, 1, 1)
+        h = self.proj2(F.gelu(self.proj1(prior)))
+        g = torch.sigmoid(self.se2(F.relu(self.se1(h))))  # (B, C, 1, 1)
+        return x + self.beta * (self.norm(x) * g)
+
+
+class Level(nn.Module):
+    """An encoder level or the middle: optional DAM, then NAFBlocks."""
+
+    def __init__(self, c: int, n: int, conv: ConvFactory, tlc: int | None, dam: DAM | None) -> None:
+        super().__init__()
+        self.dam = dam
+        self.blocks = nn.ModuleList(NAFBlock(c, conv, tlc) for _ in range(n))
+
+    def forward(self, x: Tensor, prior: Tensor | None = None) -> Tensor:
+        if self.dam is not None:
+            assert prior is not None
+            x = self.dam(x, prior)
+        for blk in self.blocks:
+            x = blk(x)
+        return x
+
+
+class LoRAIRNet(nn.Module):
+    """The restoration network. forward(image (B,3,H,W), prior (B,P)) -> restored (B,3,H,W)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        n, lc = cfg.num_experts, cfg.lora
+
+        def conv(i: int, o: int, k: int, **kw: object) -> LoRAConv2d:
+            return LoRAConv2d(i, o, k, num_experts=n, rank=lc.rank, alpha=lc.alpha, **kw)  # type: ignore[arg-type]
+
+        nc = cfg.net
+        self.pad_multiple = cfg.pad_multiple
+        base_window = int(nc.train_size * 1.5) if nc.tlc else None
+
+        def window(level: int) -> int | None:
+            return None if base_window is None else max(1, base_window >> level)
+
+        p = nc.prior_dim
+        self.intro = conv(3, nc.width, 3, padding=1)
+        self.prior_proj1 = conv(p, p, 1)
+        self.prior_proj2 = conv(p, p, 1)
+        self.encoders = nn.ModuleList()
+        self.downs = nn.ModuleList()
+        c = nc.width
+        for lvl, nb in enumerate(nc.enc_blocks):
+            dam = DAM(c, p, nc.dam_hidden, nc.dam_reduction, conv)
+            self.encoders.append(Level(c, nb, conv, window(lvl), dam))
+            self.downs.append(conv(c, 2 * c, 2, stride=2))
+            c *= 2
+        depth = len(nc.enc_blocks)
+        self.middle = Level(c, nc.middle_blocks, conv, window(depth),
+                            DAM(c, p, nc.dam_hidden, nc.dam_reduction, conv))
+        self.ups = nn.ModuleList()
+        self.decoders = nn.ModuleList()
+        for i, nb in enumerate(nc.dec_blocks):
+            self.ups.append(conv(c, 2 * c, 1, bias=False))
+            c //= 2
+            self.decoders.append(Level(c, nb, conv, window(depth - 1 - i), None))
+        self.ending = conv(nc.width, 3, 3, padding=1)
+
+    def forward(self, image: Tensor, prior: Tensor) -> Tensor:
+        h, w = image.shape[-2:]
+        m = self.pad_multiple
+        x0 = F.pad(image, (0, (m - w % m) % m, 0, (m - h % m) % m), mode="reflect" if min(h, w) > m else "replicate")
+        pr = prior.reshape(prior.shape[0], -1, 1, 1).to(image.dtype)
+        pr = F.gelu(self.prior_proj2(F.gelu(self.prior_proj1(pr))))
+        x = self.intro(x0)
+        skips = []
+        for enc, down in zip(self.encoders, self.downs, strict=True):
+            x = enc(x, pr)
+            skips.append(x)
+            x = down(x)
+        x = self.middle(x, pr)
+        for up, dec, skip in zip(self.ups, self.decoders, reversed(skips), strict=True):
+            x = F.pixel_shuffle(up(x), 2) + skip
+            x = dec(x)
+        x = self.ending(x) + x0
+        return x[..., :h, :w]

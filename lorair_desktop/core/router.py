@@ -1,0 +1,110 @@
+"""DG-Router: an open_clip vision tower seen through five views, and an MLP head.
+
+Views of one image (B, 3, H, W) in [0, 1], each S x S (S = router.image_size):
+- global: the whole image resized to S;
+- four high-resolution views: "paper" resizes the image to 2S and cuts it in 2x2 tiles;
+  "native" takes an S crop at the centre of each quadrant at full resolution (pixel statistics such as
+  noise and JPEG blocks survive), falling back to "paper" for images smaller than 2S.
+Embeddings e_global and e_slide (mean over the four) are concatenated; the head gives the
+degradation prior (B, P) and one logit per expert (B, E).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import ModelConfig, resources_dir
+from .errors import ConfigError
+
+_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+_registered = False
+
+
+def _register_custom_towers() -> None:
+    """Make the project's own open_clip architectures (resources/model_configs/clip/*.json) known."""
+    global _registered
+    if not _registered:
+        open_clip.add_model_config(resources_dir() / "model_configs" / "clip")
+        _registered = True
+
+
+def _no_random_init_warning(record: logging.LogRecord) -> bool:
+    return "No pretrained weights loaded" not in record.getMessage()
+
+
+def build_tower(name: str, pretrained: str | None = None) -> tuple[nn.Module, int]:
+    """The vision tower of an open_clip architecture and its embedding size."""
+    _register_custom_towers()
+    if name not in open_clip.list_models():
+        raise ConfigError(f"unknown open_clip architecture '{name}'", "see open_clip.list_models()")
+    root = logging.getLogger()
+    root.addFilter(_no_random_init_warning)  # building without weights is expected: weights load next
+    try:
+        if pretrained and Path(pretrained).is_file():
+            model = open_clip.create_model(name, pretrained=str(pretrained), weights_only=True)
+        else:
+            model = open_clip.create_model(name, pretrained=pretrained)
+    finally:
+        root.removeFilter(_no_random_init_warning)
+    cfg = open_clip.get_model_config(name)
+    return model.visual, int(cfg["embed_dim"])
+
+
+def make_views(image: Tensor, size: int, mode: str) -> Tensor:
+    """(B, 3, H, W) -> (B, 5, 3, S, S): global view first, then the four high-resolution views."""
+    b, _, h, w = image.shape
+    glob = F.interpolate(image, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    if mode == "native" and min(h, w) >= 2 * size:
+        tiles = []
+        for cy in (h // 4, 3 * h // 4):
+            for cx in (w // 4, 3 * w // 4):
+                y0 = min(max(cy - size // 2, 0), h - size)
+                x0 = min(max(cx - size // 2, 0), w - size)
+                tiles.append(image[:, :, y0 : y0 + size, x0 : x0 + size])
+    else:
+        big = F.interpolate(image, size=(2 * size, 2 * size), mode="bilinear", antialias=True, align_corners=False)
+        tiles = [big[:, :, i * size : (i + 1) * size, j * size : (j + 1) * size] for i in (0, 1) for j in (0, 1)]
+    return torch.stack([glob, *tiles], dim=1)
+
+
+@dataclass
+class RouterOutput:
+    prior: Tensor  # (B, P) degradation prior
+    logits: Tensor  # (B, E) one per expert
+
+
+class DGRouter(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        rc = cfg.router
+        self.size = rc.image_size
+        self.views = rc.views
+        self.tower, dim = build_tower(rc.clip_model, rc.pretrained)
+        self.head = nn.Sequential(
+            nn.Linear(2 * dim, rc.head_hidden),
+            nn.GELU(),
+            nn.Linear(rc.head_hidden, cfg.net.prior_dim),
+            nn.GELU(),
+        )
+        self.classifier = nn.Linear(cfg.net.prior_dim, cfg.num_experts)
+        self.register_buffer("mean", torch.tensor(_CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(_CLIP_STD).view(1, 3, 1, 1), persistent=False)
+        if rc.freeze_tower or rc.pretrained:
+            self.tower.requires_grad_(False)
+
+    def forward(self, image: Tensor) -> RouterOutput:
+        views = make_views(image.float(), self.size, self.views)  # (B, 5, 3, S, S)
+        b = views.shape[0]
+        x = (views.flatten(0, 1) - self.mean) / self.std
+        emb = self.tower(x).reshape(b, 5, -1)
+        feat = torch.cat([emb[:, 0], emb[:, 1:].mean(1)], dim=-1)
+        prior = self.head(feat)
+        return RouterOutput(prior=prior, logits=self.classifier(prior))

@@ -1,0 +1,74 @@
+"""From router logits to expert weights, and the user's manual overrides.
+
+Auto: keep the top-k logits, softmax over them (the others get 0), as LoRA-IR does.
+Manual: the user's weights, as given, for the experts they name; unnamed experts get 0, or keep the
+router's weight when `keep_router` is set. Weights must be finite and within [0, MAX_WEIGHT].
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from .errors import ExpertError
+
+MAX_WEIGHT = 2.0
+
+
+def topk_softmax(logits: Tensor, k: int) -> Tensor:
+    """(..., E) logits -> weights summing to 1 over the k largest, exactly 0 elsewhere."""
+    k = max(1, min(k, logits.shape[-1]))
+    idx = logits.topk(k, dim=-1).indices
+    masked = torch.full_like(logits, float("-inf")).scatter(-1, idx, logits.gather(-1, idx))
+    return masked.softmax(dim=-1)
+
+
+def validate_overrides(overrides: Mapping[str, object], experts: Sequence[str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name, value in overrides.items():
+        if name not in experts:
+            raise ExpertError(f"unknown expert '{name}'", f"this model's experts: {', '.join(experts)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ExpertError(f"weight of '{name}' must be a number, got {value!r}")
+        v = float(value)
+        if not math.isfinite(v) or v < 0 or v > MAX_WEIGHT:
+            raise ExpertError(f"weight of '{name}' is {value!r}", f"use a number between 0 and {MAX_WEIGHT}")
+        out[name] = v
+    return out
+
+
+def apply_overrides(
+    router_weights: Sequence[float],
+    overrides: Mapping[str, object] | None,
+    experts: Sequence[str],
+    keep_router: bool = False,
+) -> list[float]:
+    """The weights actually applied: the router's when `overrides` is None, else the user's."""
+    if overrides is None:
+        return [float(w) for w in router_weights]
+    given = validate_overrides(overrides, experts)
+    base = [float(w) for w in router_weights] if keep_router else [0.0] * len(experts)
+    return [given.get(name, base[i]) for i, name in enumerate(experts)]
+
+
+def parse_experts_arg(text: str, experts: Sequence[str]) -> tuple[dict[str, float] | None, bool]:
+    """Parse the CLI form 'auto' | 'noise=0.8,jpeg=0.3' | 'auto,noise=0.5' -> (overrides, keep_router)."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts or parts == ["auto"]:
+        return None, False
+    keep = parts[0] == "auto"
+    if keep:
+        parts = parts[1:]
+    values: dict[str, object] = {}
+    for p in parts:
+        name, sep, val = p.partition("=")
+        if not sep:
+            raise ExpertError(f"cannot read '{p}'", "write name=weight, e.g. --experts noise=0.8,jpeg=0.3")
+        try:
+            values[name.strip()] = float(val)
+        except ValueError:
+            raise ExpertError(f"weight of '{name.strip()}' is not a number: {val!r}") from None
+    return validate_overrides(values, experts), keep

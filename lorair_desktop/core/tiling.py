@@ -1,0 +1,62 @@
+"""Tile plans with overlap and smooth blending weights.
+
+Each tile is run with its full overlap as context; its blending weight is 0 over the outer quarter of
+the overlap (the part most affected by the tile's own border), then rises linearly to 1, so
+neighbouring tiles cross-fade only where both are far from their borders. Image borders get weight 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Tile:
+    y0: int
+    x0: int
+    h: int
+    w: int
+
+
+def axis_starts(length: int, tile: int, overlap: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    step = tile - overlap
+    n = -(-(length - overlap) // step)  # ceil: enough tiles to cover length
+    starts = [min(i * step, length - tile) for i in range(n)]
+    return sorted(set(starts))
+
+
+def plan_tiles(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
+    if overlap * 2 >= tile:
+        raise ValueError(f"overlap {overlap} must be less than half the tile size {tile}")
+    th, tw = min(tile, height), min(tile, width)
+    return [
+        Tile(y, x, th, tw)
+        for y in axis_starts(height, tile, overlap)
+        for x in axis_starts(width, tile, overlap)
+    ]
+
+
+def _ramp(n: int, overlap: int, lead: bool, trail: bool) -> np.ndarray:
+    r = np.ones(n, dtype=np.float32)
+    if overlap <= 0:
+        return r
+    d = np.arange(n, dtype=np.float32)
+    skip = overlap / 4.0
+    width = max(overlap / 2.0, 1.0)
+    ramp_from_start = np.clip((d + 0.5 - skip) / width, 1e-4, 1.0)
+    if lead:
+        r = np.minimum(r, ramp_from_start)
+    if trail:
+        r = np.minimum(r, ramp_from_start[::-1])
+    return r
+
+
+def blend_weight(t: Tile, height: int, width: int, overlap: int) -> np.ndarray:
+    """(h, w) weights; sides touching the image border are not faded."""
+    wy = _ramp(t.h, overlap, t.y0 > 0, t.y0 + t.h < height)
+    wx = _ramp(t.w, overlap, t.x0 > 0, t.x0 + t.w < width)
+    return np.outer(wy, wx)

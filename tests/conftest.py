@@ -1,0 +1,37 @@
+"""Shared fixtures. `small_model_path`: a real compact LoRA-IR checkpoint with seeded random weights
+(non-trivial: residual scales, LoRA B and DAM gains are non-zero), for tests that need a model that
+is fast and whose exact numbers do not matter."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+
+def make_random_model(seed: int = 0):  # noqa: ANN201 - torch imported lazily
+    import torch
+
+    from lorair_desktop.core import LoRAIR, load_config
+
+    torch.manual_seed(seed)
+    model = LoRAIR(load_config("lorair-compact"))
+    with torch.no_grad():
+        for name, p in model.net.named_parameters():
+            if name.endswith(("beta", "gamma")):
+                p.normal_(0.0, 0.05)
+            elif "lora_B" in name:
+                p.normal_(0.0, 0.02)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def small_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from lorair_desktop.core import save_checkpoint
+
+    path = tmp_path_factory.mktemp("models") / "small.safetensors"
+    save_checkpoint(make_random_model(), path)
+    return path
