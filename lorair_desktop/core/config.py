@@ -183,7 +183,7 @@ def list_presets() -> list[str]:
 def load_config(name_or_path: str | Path) -> ModelConfig:
     """Load a preset by name (e.g. 'lorair-compact') or a JSON file path."""
     path = Path(name_or_path)
-    if not path.suffix == ".json":
+    if path.suffix != ".json":
         path = presets_dir() / f"{name_or_path}.json"
         if not path.is_file():
             raise ConfigError(f"unknown model preset '{name_or_path}'", f"valid presets: {list_presets()}")

@@ -60,7 +60,7 @@ def build_tower(name: str, pretrained: str | None = None) -> tuple[nn.Module, in
 
 def make_views(image: Tensor, size: int, mode: str) -> Tensor:
     """(B, 3, H, W) -> (B, 5, 3, S, S): global view first, then the four high-resolution views."""
-    b, _, h, w = image.shape
+    h, w = image.shape[-2:]
     glob = F.interpolate(image, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     if mode == "native" and min(h, w) >= 2 * size:
         tiles = []

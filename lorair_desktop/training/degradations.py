@@ -31,6 +31,7 @@ __all__ = [
     "add_poisson_gaussian_noise",
     "add_rain",
     "apply_kernel",
+    "blur_kernel",
     "defocus_kernel",
     "degrade",
     "degrade_blur",
@@ -46,6 +47,7 @@ __all__ = [
     "haze",
     "jpeg",
     "low_light",
+    "luminance",
     "make_training_pair",
     "motion_kernel",
     "quantize8",
@@ -131,10 +133,13 @@ def add_poisson_gaussian_noise(img: Image, rng: np.random.Generator, a: float, b
     return _finish(x + std * rng.standard_normal(x.shape, dtype=np.float32))
 
 
-def sample_noise_params(rng: np.random.Generator) -> Params:
+def sample_noise_params(rng: np.random.Generator, kind: str | None = None) -> Params:
     """Noise parameters: with p = 0.7 ``{"kind": "gaussian", "sigma255": U[5, 55]}``, else
-    ``{"kind": "poisson_gaussian", "a": logU[5e-4, 4e-2], "b": U[2, 15]/255}``."""
-    if rng.random() < 0.7:
+    ``{"kind": "poisson_gaussian", "a": logU[5e-4, 4e-2], "b": U[2, 15]/255}``; ``kind``
+    forces one of the two."""
+    if kind not in (None, "gaussian", "poisson_gaussian"):
+        raise ValueError(f"unknown noise kind {kind!r}")
+    if kind == "gaussian" or (kind is None and rng.random() < 0.7):
         return {"kind": "gaussian", "sigma255": float(rng.uniform(5.0, 55.0))}
     return {
         "kind": "poisson_gaussian",
@@ -148,7 +153,7 @@ def degrade_noise(img: Image, rng: np.random.Generator, **params: Any) -> Image:
     (see ``sample_noise_params``). Params: ``kind`` plus ``sigma255`` or ``a`` and ``b``."""
     kind = params.get("kind", "gaussian" if "sigma255" in params else None)
     required = ("sigma255",) if kind == "gaussian" else ("kind", "a", "b")
-    p = _resolve(params, required, lambda: sample_noise_params(rng))
+    p = _resolve(params, required, lambda: sample_noise_params(rng, kind))
     if p.get("kind", "gaussian") == "gaussian":
         return add_gaussian_noise(img, p["sigma255"], rng)
     return add_poisson_gaussian_noise(img, rng, p["a"], p["b"])
@@ -158,8 +163,9 @@ def degrade_noise(img: Image, rng: np.random.Generator, **params: Any) -> Image:
 # blur
 
 
-def gaussian_kernel(sigma: float, sigma2: float | None = None, theta: float = 0.0,
-                    size: int | None = None) -> np.ndarray:
+def gaussian_kernel(
+    sigma: float, sigma2: float | None = None, theta: float = 0.0, size: int | None = None
+) -> np.ndarray:
     """Gaussian PSF ``k(u) ∝ exp(-½ uᵀ Σ⁻¹ u)``; isotropic when ``sigma2`` is None, else with
     axis stds ``sigma``, ``sigma2`` rotated by ``theta`` radians. Odd size (default
     ``2·ceil(3·max σ) + 1``), non-negative, sums to 1."""
@@ -190,23 +196,28 @@ def defocus_kernel(radius: float, supersample: int = 8) -> np.ndarray:
     return (k / k.sum()).astype(np.float32)
 
 
-def motion_kernel(length: float, angle_deg: float, thickness: float = 1.0, supersample: int = 8) -> np.ndarray:
-    """Linear motion PSF: an anti-aliased line segment of ``length`` pixels at ``angle_deg``
-    (0° = horizontal, counter-clockwise), ``thickness`` pixels wide, normalised to sum 1."""
+def motion_kernel(length: float, angle_deg: float, thickness: float = 1.0) -> np.ndarray:
+    """Linear motion PSF: a uniform line segment of ``length`` pixels through the centre at
+    ``angle_deg`` (0° = horizontal, counter-clockwise), rasterised by bilinear splatting of
+    densely spaced points (so it is exactly centred and symmetric); a ``thickness`` above 1
+    widens it with a Gaussian of σ = (thickness − 1)/2. Non-negative, sums to 1."""
     length = max(float(length), 1.0)
-    r = math.ceil(length / 2.0 + thickness)
+    r = math.ceil(length / 2.0 + thickness) + 1
     size = 2 * r + 1
-    canvas = np.zeros((size * supersample, size * supersample), dtype=np.float32)
-    centre = (size * supersample - 1) / 2.0
     a = math.radians(angle_deg)
-    dx, dy = math.cos(a) * length / 2.0 * supersample, -math.sin(a) * length / 2.0 * supersample
-    shift = 4
-    scale = 1 << shift
-    p0 = (round((centre - dx) * scale), round((centre - dy) * scale))
-    p1 = (round((centre + dx) * scale), round((centre + dy) * scale))
-    cv2.line(canvas, p0, p1, 1.0, thickness=max(1, round(thickness * supersample)), lineType=cv2.LINE_AA,
-             shift=shift)
-    k = canvas.reshape(size, supersample, size, supersample).mean(axis=(1, 3)).astype(np.float64)
+    t = np.linspace(-0.5, 0.5, max(2, math.ceil(length * 16))) * length
+    xs = r + t * math.cos(a)
+    ys = r - t * math.sin(a)
+    x0 = np.floor(xs).astype(int)
+    y0 = np.floor(ys).astype(int)
+    fx = xs - x0
+    fy = ys - y0
+    k = np.zeros((size, size), dtype=np.float64)
+    for dy, wy in ((0, 1.0 - fy), (1, fy)):
+        for dx, wx in ((0, 1.0 - fx), (1, fx)):
+            np.add.at(k, (y0 + dy, x0 + dx), wy * wx)
+    if thickness > 1.0:
+        k = cv2.GaussianBlur(k, (0, 0), (thickness - 1.0) / 2.0, borderType=cv2.BORDER_CONSTANT)
     k = np.clip(k, 0.0, None)
     return (k / k.sum()).astype(np.float32)
 
@@ -219,8 +230,9 @@ def apply_kernel(img: Image, kernel: np.ndarray) -> Image:
     return _finish(cv2.filter2D(x, -1, k, borderType=cv2.BORDER_REFLECT_101))
 
 
-def gaussian_blur(img: Image, sigma: float, rng: np.random.Generator | None = None,
-                  noise_sigma255: float = 0.0) -> tuple[Image, np.ndarray]:
+def gaussian_blur(
+    img: Image, sigma: float, rng: np.random.Generator | None = None, noise_sigma255: float = 0.0
+) -> tuple[Image, np.ndarray]:
     """Isotropic Gaussian blur ``y = k_σ * x (+ n)``; returns ``(blurred, kernel)`` so a
     non-blind baseline (e.g. Wiener) can use the exact PSF. Noise needs ``rng``."""
     k = gaussian_kernel(sigma)
@@ -244,12 +256,17 @@ def blur_kernel(params: Mapping[str, Any]) -> np.ndarray:
     raise ValueError(f"unknown blur kind {kind!r}")
 
 
-def sample_blur_params(rng: np.random.Generator) -> Params:
+_BLUR_REQUIRED = {"gaussian": ("sigma",), "defocus": ("radius",), "motion": ("length", "angle")}
+
+
+def sample_blur_params(rng: np.random.Generator, kind: str | None = None) -> Params:
     """Blur parameters. Kind: gaussian (p = 0.45; σ ∈ U[0.7, 3.0], anisotropic with p = 0.4:
     σ₂ = σ·U[0.4, 1], θ ∈ U[0, π)), defocus (p = 0.25; radius U[1.2, 4.5]) or motion
-    (p = 0.3; length U[5, 17] px, angle U[0, 180)°, thickness U[1, 1.5]).
+    (p = 0.3; length U[5, 17] px, angle U[0, 180)°, thickness U[1, 1.5]); ``kind`` forces one.
     Then light noise ``noise_sigma255 ∈ U[0, 2]``."""
-    u = rng.random()
+    if kind is not None and kind not in _BLUR_REQUIRED:
+        raise ValueError(f"unknown blur kind {kind!r}")
+    u = rng.random() if kind is None else {"gaussian": 0.0, "defocus": 0.5, "motion": 0.9}[kind]
     p: Params
     if u < 0.45:
         sigma = float(rng.uniform(0.7, 3.0))
@@ -260,8 +277,12 @@ def sample_blur_params(rng: np.random.Generator) -> Params:
     elif u < 0.7:
         p = {"kind": "defocus", "radius": float(rng.uniform(1.2, 4.5))}
     else:
-        p = {"kind": "motion", "length": float(rng.uniform(5.0, 17.0)), "angle": float(rng.uniform(0.0, 180.0)),
-             "thickness": float(rng.uniform(1.0, 1.5))}
+        p = {
+            "kind": "motion",
+            "length": float(rng.uniform(5.0, 17.0)),
+            "angle": float(rng.uniform(0.0, 180.0)),
+            "thickness": float(rng.uniform(1.0, 1.5)),
+        }
     p["noise_sigma255"] = float(rng.uniform(0.0, 2.0))
     return p
 
@@ -270,7 +291,9 @@ def degrade_blur(img: Image, rng: np.random.Generator, **params: Any) -> Image:
     """Blur expert: ``y = k * x + n`` with a Gaussian, defocus-disk or linear-motion PSF ``k``
     (sum 1, reflect padding) and ``n ~ N(0, (noise_sigma255/255)²)``, ``noise_sigma255 ≤ 2``.
     Params: see ``sample_blur_params``."""
-    p = _resolve(params, ("kind",), lambda: sample_blur_params(rng))
+    kind = params.get("kind")
+    required = ("kind", *_BLUR_REQUIRED.get(kind, ())) if kind else ("kind",)
+    p = _resolve(params, required, lambda: sample_blur_params(rng, kind))
     y = apply_kernel(img, blur_kernel(p))
     sigma_n = float(p.get("noise_sigma255", 0.0))
     return add_gaussian_noise(y, sigma_n, rng) if sigma_n > 0 else y
@@ -285,7 +308,8 @@ def jpeg(img: Image, quality: int) -> Image:
     back: ``y = D(E(round(255·x), q)) / 255``."""
     x = _check(img)
     u8 = np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(u8, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    bgr = cv2.cvtColor(u8, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:
         raise RuntimeError("JPEG encoding failed")
     dec = cv2.imdecode(buf, cv2.IMREAD_COLOR)
@@ -316,8 +340,15 @@ def _streak_kernel(length: float, angle_deg: float, width: float) -> np.ndarray:
     return (k / max(float(k.max()), 1e-8)).astype(np.float32)
 
 
-def rain_layer(shape: tuple[int, int], rng: np.random.Generator, density: float, length: float,
-               angle: float, width: float, brightness: float) -> np.ndarray:
+def rain_layer(
+    shape: tuple[int, int],
+    rng: np.random.Generator,
+    density: float,
+    length: float,
+    angle: float,
+    width: float,
+    brightness: float,
+) -> np.ndarray:
     """One layer of rain streaks, an ``H x W`` float32 map in ``[0, 1]``.
 
     Drops are Bernoulli(``density``) pixels with intensity ``U[0.6, 1]``; each is smeared into a
@@ -328,7 +359,7 @@ def rain_layer(shape: tuple[int, int], rng: np.random.Generator, density: float,
     drops = (rng.random((h, w), dtype=np.float32) < density).astype(np.float32)
     drops *= rng.uniform(0.6, 1.0, size=(h, w)).astype(np.float32)
     k = _streak_kernel(length, angle, width)
-    layer = cv2.filter2D(drops, -1, k, borderType=cv2.BORDER_WRAP if False else cv2.BORDER_REFLECT_101)
+    layer = cv2.filter2D(drops, -1, k, borderType=cv2.BORDER_REFLECT_101)
     return (np.clip(layer, 0.0, 1.0) * np.float32(brightness)).astype(np.float32)
 
 
@@ -354,13 +385,15 @@ def sample_rain_params(rng: np.random.Generator) -> Params:
     base = float(rng.uniform(-30.0, 30.0))
     layers = []
     for _ in range(int(rng.integers(1, 4))):
-        layers.append({
-            "density": _log_uniform(rng, 5e-4, 6e-3),
-            "length": float(rng.uniform(8.0, 40.0)),
-            "angle": base + float(rng.uniform(-5.0, 5.0)),
-            "width": float(rng.uniform(0.3, 1.3)),
-            "brightness": float(rng.uniform(0.35, 0.9)),
-        })
+        layers.append(
+            {
+                "density": _log_uniform(rng, 5e-4, 6e-3),
+                "length": float(rng.uniform(8.0, 40.0)),
+                "angle": base + float(rng.uniform(-5.0, 5.0)),
+                "width": float(rng.uniform(0.3, 1.3)),
+                "brightness": float(rng.uniform(0.35, 0.9)),
+            }
+        )
     return {"layers": layers, "blend": "screen" if rng.random() < 0.6 else "add"}
 
 
@@ -384,8 +417,9 @@ def _normalise(d: np.ndarray) -> np.ndarray:
     return ((d - lo) / (hi - lo)).astype(np.float32)
 
 
-def depth_map(shape: tuple[int, int], rng: np.random.Generator, kind: str = "mixture",
-              img: Image | None = None) -> np.ndarray:
+def depth_map(
+    shape: tuple[int, int], rng: np.random.Generator, kind: str = "mixture", img: Image | None = None
+) -> np.ndarray:
     """Smooth relative depth proxy ``d ∈ [0, 1]`` (1 = far), ``H x W`` float32.
 
     Kinds: ``vertical`` (far at the top: ``d = 1 − y/H`` with a random horizontal tilt and
@@ -420,9 +454,14 @@ def depth_map(shape: tuple[int, int], rng: np.random.Generator, kind: str = "mix
     raise ValueError(f"unknown depth kind {kind!r}")
 
 
-def haze(img: Image, rng: np.random.Generator | None = None, beta: float = 1.2,
-         airlight: float | Sequence[float] = 0.85, depth: np.ndarray | str = "mixture",
-         depth_range: tuple[float, float] = (0.2, 1.0)) -> Image:
+def haze(
+    img: Image,
+    rng: np.random.Generator | None = None,
+    beta: float = 1.2,
+    airlight: float | Sequence[float] = 0.85,
+    depth: np.ndarray | str = "mixture",
+    depth_range: tuple[float, float] = (0.2, 1.0),
+) -> Image:
     """Atmospheric scattering: ``I = J·t + A·(1 − t)``, ``t = exp(−β·d)``.
 
     ``d`` is ``depth`` (an ``H x W`` map in [0, 1]) or a ``depth_map`` kind drawn with ``rng``,
@@ -463,16 +502,29 @@ def degrade_haze(img: Image, rng: np.random.Generator, **params: Any) -> Image:
     """Haze expert: ``I = J·t + A·(1 − t)``, ``t = exp(−β·d)`` with a sampled smooth depth
     proxy (see ``haze``, ``depth_map``, ``sample_haze_params``)."""
     p = _resolve(params, ("beta", "airlight"), lambda: sample_haze_params(rng))
-    return haze(img, rng, beta=p["beta"], airlight=p["airlight"], depth=p.get("depth", "mixture"),
-                depth_range=tuple(p.get("depth_range", (0.2, 1.0))))
+    return haze(
+        img,
+        rng,
+        beta=p["beta"],
+        airlight=p["airlight"],
+        depth=p.get("depth", "mixture"),
+        depth_range=tuple(p.get("depth_range", (0.2, 1.0))),
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # low light
 
 
-def low_light(img: Image, rng: np.random.Generator, gamma: float, gain: float, a: float = 0.0,
-              b: float = 0.0, channel_gain: Sequence[float] = (1.0, 1.0, 1.0)) -> Image:
+def low_light(
+    img: Image,
+    rng: np.random.Generator,
+    gamma: float,
+    gain: float,
+    a: float = 0.0,
+    b: float = 0.0,
+    channel_gain: Sequence[float] = (1.0, 1.0, 1.0),
+) -> Image:
     """Under-exposure with sensor noise: ``z = gain · c · x^γ`` (``c`` = per-channel gain), then
     ``y = z + sqrt(a·z + b²) · N(0, 1)`` (shot ``a``, read ``b``), quantised to 8 bits."""
     x = _check(img)
@@ -480,7 +532,8 @@ def low_light(img: Image, rng: np.random.Generator, gamma: float, gain: float, a
     z = np.float32(gain) * c * np.power(np.clip(x, 0.0, 1.0), np.float32(gamma))
     if a > 0 or b > 0:
         z = z + np.sqrt(np.float32(a) * np.clip(z, 0.0, 1.0) + np.float32(b * b)) * rng.standard_normal(
-            z.shape, dtype=np.float32)
+            z.shape, dtype=np.float32
+        )
     return quantize8(z)
 
 
@@ -509,8 +562,15 @@ def degrade_low_light(img: Image, rng: np.random.Generator, **params: Any) -> Im
     """Low-light expert: ``y = g·x^γ + N(0, a·g·x^γ + b²)`` with γ ∈ [1.2, 2.2] and a gain that
     brings the mean brightness to ~0.04–0.18 (see ``low_light``, ``sample_low_light_params``)."""
     p = _resolve(params, ("gamma", "gain"), lambda: sample_low_light_params(rng, img))
-    return low_light(img, rng, p["gamma"], p["gain"], p.get("a", 0.0), p.get("b", 0.0),
-                     p.get("channel_gain", (1.0, 1.0, 1.0)))
+    return low_light(
+        img,
+        rng,
+        p["gamma"],
+        p["gain"],
+        p.get("a", 0.0),
+        p.get("b", 0.0),
+        p.get("channel_gain", (1.0, 1.0, 1.0)),
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -558,9 +618,13 @@ def degrade_mixed(img: Image, names: Sequence[str], rng: np.random.Generator) ->
     return y
 
 
-def make_training_pair(clean: Image, names: Sequence[str], rng: np.random.Generator,
-                       weights: Sequence[float] | None = None,
-                       quantize: bool = True) -> tuple[Image, Image, int]:
+def make_training_pair(
+    clean: Image,
+    names: Sequence[str],
+    rng: np.random.Generator,
+    weights: Sequence[float] | None = None,
+    quantize: bool = True,
+) -> tuple[Image, Image, int]:
     """Draw one expert from ``names`` (uniformly or by ``weights``) and degrade ``clean``.
 
     Returns ``(degraded, clean, label_index)`` where ``label_index`` indexes ``names``. With

@@ -1,0 +1,49 @@
+"""Named errors of the model core. Each carries a one-line message and a hint the user can act on."""
+
+from __future__ import annotations
+
+
+class LoraIRError(Exception):
+    """Base of every error a user may see. `code` is stable and travels over the wire."""
+
+    code = "lorair_error"
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class ConfigError(LoraIRError):
+    code = "bad_config"
+
+
+class CheckpointError(LoraIRError):
+    code = "bad_checkpoint"
+
+
+class ModelNotFound(LoraIRError):
+    code = "model_not_found"
+
+
+class ModelNotTrained(LoraIRError):
+    code = "model_not_trained"
+
+
+class ExpertError(LoraIRError):
+    code = "bad_experts"
+
+
+class ImageError(LoraIRError):
+    code = "bad_image"
+
+
+class DeviceError(LoraIRError):
+    code = "bad_device"
+
+
+class Cancelled(LoraIRError):
+    code = "cancelled"

@@ -1,0 +1,222 @@
+"""Reading and writing images for restoration, keeping what the user cares about.
+
+numpy + Pillow + OpenCV only (no torch, no Qt): the CLI, the worker tools and the app share it.
+- 8-bit and 16-bit per channel (16-bit PNG through OpenCV, 16-bit TIFF through tifffile, which keep
+  the depth; Pillow reads 8-bit formats, EXIF orientation and the ICC profile);
+- alpha is split off and passed through untouched; grey images become RGB; palette and CMYK are
+  converted (CMYK is refused, since a correct conversion needs its ICC profile and this is lossy);
+- EXIF orientation is applied on read (pixels upright) and the tag dropped on write;
+- ICC profiles are carried to PNG, JPEG, TIFF and WebP outputs.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import tifffile
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError
+
+WRITE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP"}
+DEFAULT_MAX_PIXELS = 200_000_000
+Image.MAX_IMAGE_PIXELS = None  # our own limit below gives a clearer message than Pillow's bomb error
+
+
+@dataclass
+class LoadedImage:
+    rgb: np.ndarray  # (H, W, 3) float32 in [0, 1]
+    alpha: np.ndarray | None  # (H, W) float32 in [0, 1], untouched on the way back
+    bit_depth: int  # 8 or 16
+    icc_profile: bytes | None = None
+    exif: bytes | None = None
+    source_format: str = ""
+    info: dict = field(default_factory=dict)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.rgb.shape[1], self.rgb.shape[0]
+
+
+def _check_pixels(w: int, h: int, path: Path, max_pixels: int) -> None:
+    if w < 1 or h < 1:
+        raise ImageError(f"{path.name} has no pixels ({w}x{h})")
+    if w * h > max_pixels:
+        raise ImageError(
+            f"{path.name} is {w}x{h} = {w * h / 1e6:.0f} MP, above the limit of {max_pixels / 1e6:.0f} MP",
+            "raise the limit with --max-pixels, or crop the image first",
+        )
+
+
+def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path} does not exist or is not a file")
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            _check_pixels(w, h, path, max_pixels)
+            fmt = im.format or ""
+            icc = im.info.get("icc_profile")
+            exif = im.info.get("exif")
+            orientation = im.getexif().get(0x0112, 1)
+            mode = im.mode
+            if mode == "CMYK":
+                raise ImageError(f"{path.name} is a CMYK image", "convert it to RGB in your editor first")
+            sixteen = mode in ("I;16", "I;16B", "I;16L", "I") or (fmt in ("PNG", "TIFF") and _is_16bit_rgb(im))
+            if not sixteen:
+                im.load()
+                rgb, alpha = _from_pil(ImageOps.exif_transpose(im))
+                return LoadedImage(rgb, alpha, 8, icc, exif, fmt)
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"cannot read {path.name}: {exc}", "the file is damaged or not an image") from exc
+    rgb, alpha = _read_16bit(path)
+    rgb, alpha = _orient(rgb, orientation), None if alpha is None else _orient(alpha, orientation)
+    return LoadedImage(rgb, alpha, 16, icc, exif, fmt)
+
+
+def _is_16bit_rgb(im: Image.Image) -> bool:
+    # Pillow reduces 16-bit RGB(A) to 8 bits; the PNG header / TIFF tags tell the real depth.
+    if im.format == "PNG":
+        return _png_bit_depth(im) == 16
+    bps = im.tag_v2.get(258) if hasattr(im, "tag_v2") else None
+    return bool(bps) and max(bps if isinstance(bps, tuple) else (bps,)) == 16
+
+
+def _png_bit_depth(im: Image.Image) -> int:
+    fp = im.fp
+    pos = fp.tell()
+    try:
+        fp.seek(0)
+        head = fp.read(26)
+    finally:
+        fp.seek(pos)
+    return head[24] if len(head) >= 25 and head[12:16] == b"IHDR" else 8
+
+
+def _from_pil(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    if im.mode in ("P", "PA"):
+        im = im.convert("RGBA" if "transparency" in im.info or im.mode == "PA" else "RGB")
+    if im.mode in ("1", "L", "LA", "I", "F"):
+        im = im.convert("LA" if im.mode == "LA" else "L")
+    if im.mode not in ("RGB", "RGBA", "L", "LA"):
+        im = im.convert("RGBA" if "A" in im.mode else "RGB")
+    a = np.asarray(im)
+    if a.ndim == 2:
+        a = a[..., None]
+    alpha = None
+    if a.shape[2] in (2, 4):
+        alpha = a[..., -1].astype(np.float32) / 255.0
+        a = a[..., :-1]
+    if a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    return a.astype(np.float32) / 255.0, alpha
+
+
+def _read_16bit(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    a = cv2.imread(str(path), cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
+    if a is None:
+        raise ImageError(f"cannot read the 16-bit pixels of {path.name}", "the file may be damaged")
+    if a.ndim == 2:
+        a = a[..., None]
+    alpha = None
+    if a.shape[2] in (2, 4):
+        alpha = a[..., -1].astype(np.float32) / 65535.0
+        a = a[..., :-1]
+    if a.shape[2] == 3:
+        a = a[..., ::-1]  # OpenCV is BGR
+    else:
+        a = np.repeat(a, 3, axis=2)
+    scale = 65535.0 if a.dtype == np.uint16 else 255.0
+    return np.ascontiguousarray(a.astype(np.float32) / scale), alpha
+
+
+def _orient(a: np.ndarray, orientation: int) -> np.ndarray:
+    ops = {2: lambda x: x[:, ::-1], 3: lambda x: x[::-1, ::-1], 4: lambda x: x[::-1],
+           5: lambda x: np.swapaxes(x, 0, 1), 6: lambda x: np.swapaxes(x, 0, 1)[:, ::-1],
+           7: lambda x: np.swapaxes(x, 0, 1)[::-1, ::-1], 8: lambda x: np.swapaxes(x, 0, 1)[::-1]}
+    op = ops.get(orientation)
+    return np.ascontiguousarray(op(a)) if op else a
+
+
+def check_output_path(src: Path | None, dst: Path, force: bool) -> str:
+    """The format for dst; refuses to overwrite the input (or anything) without force."""
+    fmt = WRITE_FORMATS.get(dst.suffix.lower())
+    if fmt is None:
+        raise ImageError(f"cannot write '{dst.suffix}' files", f"use one of {', '.join(sorted(WRITE_FORMATS))}")
+    if src is not None and dst.exists() and src.exists() and dst.resolve() == src.resolve() and not force:
+        raise ImageError(f"the output {dst.name} is the input file", "choose another output path or add --force")
+    if dst.exists() and not force:
+        raise ImageError(f"{dst} already exists", "choose another output path or add --force")
+    if not dst.parent.is_dir():
+        raise ImageError(f"the folder {dst.parent} does not exist")
+    return fmt
+
+
+def write_image(
+    path: str | Path,
+    rgb: np.ndarray,
+    alpha: np.ndarray | None = None,
+    bit_depth: int = 8,
+    icc_profile: bytes | None = None,
+    quality: int = 95,
+) -> None:
+    """Write atomically (temp file + rename), so a failure never leaves a half-written file."""
+    path = Path(path)
+    fmt = WRITE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ImageError(f"cannot write '{path.suffix}' files", f"use one of {', '.join(sorted(WRITE_FORMATS))}")
+    if bit_depth == 16 and fmt not in ("PNG", "TIFF"):
+        bit_depth = 8  # JPEG/WebP are 8-bit formats
+    chans = [np.clip(rgb, 0, 1)]
+    if alpha is not None and fmt != "JPEG":
+        chans.append(np.clip(alpha, 0, 1)[..., None])
+    a = np.concatenate(chans, axis=2)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        if bit_depth == 16:
+            _write_16bit(tmp, fmt, a, icc_profile)
+        else:
+            u8 = (a * 255.0 + 0.5).astype(np.uint8)
+            im = Image.fromarray(u8, "RGBA" if u8.shape[2] == 4 else "RGB")
+            kw: dict = {}
+            if icc_profile:
+                kw["icc_profile"] = icc_profile
+            if fmt in ("JPEG", "WEBP"):
+                kw["quality"] = int(quality)
+            if fmt == "TIFF":
+                kw["compression"] = "tiff_deflate"
+            im.save(tmp, format=fmt, **kw)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_16bit(tmp: Path, fmt: str, a: np.ndarray, icc: bytes | None) -> None:
+    u16 = (a * 65535.0 + 0.5).astype(np.uint16)
+    if fmt == "TIFF":
+        photometric = "rgb"
+        extra = {"extrasamples": ("unassalpha",)} if u16.shape[2] == 4 else {}
+        tifffile.imwrite(tmp, u16, photometric=photometric, compression="zlib", iccprofile=icc, **extra)
+        return
+    bgr = u16[..., [2, 1, 0, 3]] if u16.shape[2] == 4 else u16[..., ::-1]
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(bgr))
+    if not ok:
+        raise ImageError("could not encode a 16-bit PNG")
+    data = buf.tobytes()
+    tmp.write_bytes(_png_insert_iccp(data, icc) if icc else data)
+
+
+def _png_insert_iccp(png: bytes, icc: bytes) -> bytes:
+    """Insert an iCCP chunk right after IHDR (PNG requires it before IDAT); OpenCV writes none."""
+    body = b"ICC\x00\x00" + zlib.compress(icc)
+    chunk = struct.pack(">I", len(body)) + b"iCCP" + body + struct.pack(">I", zlib.crc32(b"iCCP" + body))
+    ihdr_end = 8 + 4 + 4 + 13 + 4
+    return png[:ihdr_end] + chunk + png[ihdr_end:]

@@ -1,0 +1,146 @@
+"""`lorair train`: the three training steps of a preset, resumable, on any folder of photos."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import platformdirs
+import torch
+
+from ..core.config import load_config
+from ..core.device import select_device
+from ..errors import LoraIRError
+from .dataset import ImageBank, RestorationDataset, ValidationDataset, build_validation_set, photo_bank
+from .trainer import STAGES, StageConfig, StageRunner, load_or_init, write_run_info
+
+log = logging.getLogger(__name__)
+
+# Per-stage defaults for the compact preset on a laptop-class budget (override on the command line).
+STAGE_DEFAULTS = {
+    "router": {"steps": 1500, "batch": 16, "lr": 1e-3, "context": 256},
+    "base": {"steps": 6000, "batch": 8, "lr": 1e-3, "context": 256},
+    "experts": {"steps": 3000, "batch": 8, "lr": 5e-4, "context": 256},
+}
+MINUTE_SHARE = {"router": 0.15, "base": 0.5, "experts": 0.35}
+
+
+def preset_name(name: str) -> str:
+    return name if name.startswith("lorair-") or name.endswith(".json") else f"lorair-{name}"
+
+
+def default_run_dir(preset: str) -> Path:
+    return Path(platformdirs.user_cache_dir("lorair-desktop")) / "runs" / preset
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="compact", help="model preset (compact = lorair-compact) or config JSON")
+    p.add_argument("--stage", default="all", choices=[*STAGES, "all"])
+    p.add_argument("--data", type=Path, default=None, help="folder of clean photos (default: the photo manifest)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--minutes", type=float, default=None, help="wall-clock budget (split across stages for all)")
+    p.add_argument("--steps", type=int, default=None, help="steps for the stage (default per stage)")
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--crop", type=int, default=None, help="network training crop (default: the preset's train_size)")
+    p.add_argument("--context", type=int, default=None, help="crop the router sees (default 256)")
+    p.add_argument("--full", action="store_true", help="experts stage: fine-tune the base network too")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA or CPUs with AMX)")
+    p.add_argument("--run-dir", type=Path, default=None, help="where checkpoints live (default: user cache)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-every", type=int, default=500)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def _batches(ds: RestorationDataset, batch: int):
+    def make(step: int):
+        items = [ds[(step * batch + i) % len(ds)] for i in range(batch)]
+        return tuple(torch.stack([it[k] for it in items]) for k in range(3))
+
+    return make
+
+
+def _val_batches(bank: ImageBank, names: tuple[str, ...], context: int, batch: int = 8) -> list:
+    vds = ValidationDataset(build_validation_set(bank, names, crop_size=context, crops_per_image=1, seed=1234))
+    items = [vds[i] for i in range(len(vds))]
+    return [
+        tuple(torch.stack([it[k] for it in items[i : i + batch]]) for k in range(3))
+        for i in range(0, len(items), batch)
+    ]
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    preset = preset_name(args.preset)
+    cfg = load_config(preset)
+    run_dir = args.run_dir or default_run_dir(cfg.name)
+    stages = list(STAGES) if args.stage == "all" else [args.stage]
+    if run_dir.exists() and any(run_dir.glob("state-*.pt")) and not args.resume:
+        raise LoraIRError(
+            f"a training run already exists in {run_dir}", "add --resume to continue it, or choose another --run-dir"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = select_device(args.device)
+    if args.data is not None:
+        train_bank = ImageBank.from_folder(args.data, "train")
+        val_bank = ImageBank.from_folder(args.data, "val")
+    else:
+        train_bank, val_bank = photo_bank("train"), photo_bank("val")
+    model = load_or_init(run_dir, cfg, args.seed).to(device)
+    write_run_info(
+        run_dir,
+        {
+            "preset": cfg.name,
+            "config": cfg.to_dict(),
+            "device": str(device),
+            "train_images": train_bank.names,
+            "val_images": val_bank.names,
+        },
+    )
+    crop = args.crop or cfg.net.train_size
+    for st in stages:
+        d = STAGE_DEFAULTS[st]
+        context = args.context or d["context"]
+        minutes = None if args.minutes is None else args.minutes * (MINUTE_SHARE[st] if len(stages) > 1 else 1)
+        sc = StageConfig(
+            stage=st,
+            steps=args.steps or d["steps"],
+            minutes=minutes,
+            batch=args.batch or d["batch"],
+            lr=args.lr or d["lr"],
+            full=args.full,
+            bf16=args.bf16,
+            seed=args.seed,
+            val_every=args.val_every,
+        )
+        ds = RestorationDataset(
+            train_bank, cfg.experts, crop_size=context, length=10**9, seed=args.seed + 17 * STAGES.index(st)
+        )
+        runner = StageRunner(
+            model, sc, run_dir, _batches(ds, sc.batch), _val_batches(val_bank, cfg.experts, context), device
+        )
+        runner.try_resume()
+        if runner.step >= sc.steps:
+            log.info("stage %s already complete (%d steps)", st, runner.step)
+            continue
+        t0 = time.monotonic()
+        result = runner.run(crop=None if st == "router" else crop)
+        result["wall_s"] = time.monotonic() - t0
+        result["history"] = runner.history[-20:]
+        write_run_info(run_dir, {f"stage_{st}": result})
+        print(
+            f"[{st}] step {result['step']}/{sc.steps} loss {result['loss']}, {result['wall_s'] / 60:.1f} min, "
+            f"last {[h for h in runner.history if 'val_psnr' in h or 'val_acc' in h][-1:]}"
+        )
+        if not result["done"]:
+            print(
+                f"stopped by the time budget; continue with: lorair train --preset {args.preset} --stage {st} "
+                f"--resume --run-dir {run_dir}"
+            )
+            return 0
+    print(f"run folder: {run_dir} (model.safetensors)")
+    return 0

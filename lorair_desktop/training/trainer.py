@@ -1,0 +1,267 @@
+"""The three LoRA-IR training steps, resumable, on CPU, CUDA or several GPUs (torchrun).
+
+- router:  the DG-Router as a degradation classifier (cross-entropy) on 5-view inputs;
+- base:    Stage 1, the network with the router's prior (router frozen), PSNR loss;
+- experts: Stage 2, the LoRA experts mixed by the router's weights, base frozen (or all, --full).
+
+A run lives in one folder: `model.safetensors` (the whole model, updated at each checkpoint) and
+`state-<stage>.pt` (optimizer, scheduler, step; loaded with weights_only=True). Batches are drawn
+from a generator seeded by (seed, step, rank), so a resumed run continues exactly where it was.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..core.checkpoint import load_checkpoint, save_checkpoint
+from ..core.config import ModelConfig
+from ..core.model import LoRAIR
+from ..core.routing import topk_softmax
+
+log = logging.getLogger(__name__)
+STAGES = ("router", "base", "experts")
+
+BatchFn = Callable[[int], tuple[Tensor, Tensor, Tensor]]  # step -> (degraded, clean, labels), NCHW float
+
+
+@dataclass
+class StageConfig:
+    stage: str
+    steps: int = 2000
+    minutes: float | None = None  # wall-clock budget; stops early (resumable) when spent
+    batch: int = 8
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 1e-3
+    clip: float = 1.0
+    full: bool = False  # experts stage: fine-tune the base too
+    bf16: bool = False
+    ckpt_every_s: float = 120.0
+    val_every: int = 500
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def psnr_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """Mean over the batch of 10·log10(MSE): minimising it maximises PSNR (NAFNet's loss)."""
+    mse = (pred - target).pow(2).mean(dim=(1, 2, 3))
+    return 10.0 * torch.log10(mse + 1e-8).mean()
+
+
+def psnr(pred: Tensor, target: Tensor) -> Tensor:
+    mse = (pred.clamp(0, 1) - target).pow(2).mean(dim=(1, 2, 3))
+    return -10.0 * torch.log10(mse + 1e-10)
+
+
+def ddp_info() -> tuple[int, int]:
+    """(rank, world size); initialises the process group when started by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def trainable_params(model: LoRAIR, sc: StageConfig) -> list[torch.nn.Parameter]:
+    groups = model.parameter_groups()
+    model.requires_grad_(False)
+    if sc.stage == "router":
+        params = [
+            p
+            for n, p in model.router.named_parameters()
+            if not (n.startswith("tower.") and (model.cfg.router.freeze_tower or model.cfg.router.pretrained))
+        ]
+    elif sc.stage == "base":
+        params = groups["base"]
+    else:
+        params = groups["experts"] + (groups["base"] if sc.full else [])
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+class StageRunner:
+    def __init__(
+        self,
+        model: LoRAIR,
+        sc: StageConfig,
+        run_dir: Path,
+        batches: BatchFn,
+        val_batches: list[tuple[Tensor, Tensor, Tensor]] | None,
+        device: torch.device,
+    ) -> None:
+        self.model, self.sc, self.run_dir, self.batches, self.device = model, sc, run_dir, batches, device
+        self.val = val_batches or []
+        self.rank, self.world = ddp_info()
+        self.params = trainable_params(model, sc)
+        self.opt = torch.optim.AdamW(self.params, lr=sc.lr, weight_decay=sc.weight_decay, betas=(0.9, 0.9))
+        self.step = 0
+        self.history: list[dict] = []
+        self.state_path = run_dir / f"state-{sc.stage}.pt"
+        self.ddp_model = model
+        if self.world > 1:
+            self.ddp_model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+
+    # -- schedule --------------------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        warm = min(100, self.sc.steps // 20)
+        if step < warm:
+            return self.sc.lr * (step + 1) / warm
+        t = (step - warm) / max(1, self.sc.steps - warm)
+        return self.sc.min_lr + 0.5 * (self.sc.lr - self.sc.min_lr) * (1 + math.cos(math.pi * min(t, 1.0)))
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def save(self) -> None:
+        if self.rank != 0:
+            return
+        save_checkpoint(self.model, self.run_dir / "model.safetensors")
+        tmp = self.state_path.with_suffix(".tmp")
+        torch.save(
+            {
+                "step": self.step,
+                "opt": self.opt.state_dict(),
+                "history": json.dumps(self.history),
+                "stage": self.sc.stage,
+            },
+            tmp,
+        )
+        tmp.replace(self.state_path)
+
+    def try_resume(self) -> bool:
+        if not self.state_path.is_file():
+            return False
+        state = torch.load(self.state_path, map_location=self.device, weights_only=True)
+        self.step = int(state["step"])
+        self.opt.load_state_dict(state["opt"])
+        self.history = json.loads(state["history"])
+        log.info("resumed %s at step %d", self.sc.stage, self.step)
+        return True
+
+    # -- one step --------------------------------------------------------------------------------
+    def _prior_and_mix(self, deg: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.no_grad():
+            r = self.model.route(deg)
+            return r.prior, topk_softmax(r.logits, self.model.cfg.lora.top_k)
+
+    def loss_on(self, deg: Tensor, clean: Tensor, labels: Tensor, crop: int | None) -> Tensor:
+        st = self.sc.stage
+        if st == "router":
+            return F.cross_entropy(self.ddp_model.router(deg).logits, labels)
+        prior, mix = self._prior_and_mix(deg)
+        if crop and deg.shape[-1] > crop:
+            # The router sees the whole context crop; the network trains on a random sub-crop of it.
+            g = torch.Generator().manual_seed(self.sc.seed * 1_000_003 + self.step)
+            y0, x0 = (int(v) for v in torch.randint(0, deg.shape[-1] - crop + 1, (2,), generator=g))
+            deg, clean = deg[..., y0 : y0 + crop, x0 : x0 + crop], clean[..., y0 : y0 + crop, x0 : x0 + crop]
+        out = self.ddp_model(deg, prior, mix if st == "experts" else None)
+        return psnr_loss(out, clean)
+
+    def run(self, crop: int | None = None, log_every: int = 20) -> dict:
+        sc = self.sc
+        self.model.train()
+        if sc.stage != "router":
+            self.model.router.eval()  # frozen router: BatchNorm statistics stay put
+        t_start = time.monotonic()
+        t_ckpt = t_start
+        losses: list[float] = []
+        while self.step < sc.steps:
+            if sc.minutes is not None and time.monotonic() - t_start > sc.minutes * 60:
+                log.info("time budget spent at step %d/%d (resumable)", self.step, sc.steps)
+                break
+            for g in self.opt.param_groups:
+                g["lr"] = self.lr_at(self.step)
+            deg, clean, labels = (t.to(self.device) for t in self.batches(self.step))
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=sc.bf16):
+                loss = self.loss_on(deg, clean, labels, crop)
+            self.opt.zero_grad(set_to_none=True)
+            loss.float().backward()
+            torch.nn.utils.clip_grad_norm_(self.params, sc.clip)
+            self.opt.step()
+            self.step += 1
+            losses.append(float(loss.detach()))
+            if self.step % log_every == 0 or self.step == sc.steps:
+                self._report(losses, t_start)
+                self.history.append({"step": self.step, "loss": float(np.mean(losses[-log_every:]))})
+            if self.val and (self.step % sc.val_every == 0 or self.step == sc.steps):
+                self.history.append({"step": self.step, **self.validate(crop)})
+                log.info("step %d validation %s", self.step, self.history[-1])
+            if time.monotonic() - t_ckpt > sc.ckpt_every_s:
+                self.save()
+                t_ckpt = time.monotonic()
+        self.save()
+        return {
+            "stage": sc.stage,
+            "step": self.step,
+            "done": self.step >= sc.steps,
+            "loss": float(np.mean(losses[-50:])) if losses else None,
+        }
+
+    def _report(self, losses: list[float], t_start: float) -> None:
+        if self.rank != 0:
+            return
+        n = len(losses)
+        rate = n / max(1e-9, time.monotonic() - t_start)
+        eta = (self.sc.steps - self.step) / max(rate, 1e-9)
+        print(
+            f"\r[{self.sc.stage}] step {self.step}/{self.sc.steps} loss {np.mean(losses[-20:]):.4f} "
+            f"{rate:.2f} it/s ETA {eta / 60:.1f} min",
+            end="\n" if self.step % 200 == 0 else "",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    @torch.no_grad()
+    def validate(self, crop: int | None) -> dict:
+        was = self.model.training
+        self.model.eval()
+        try:
+            if self.sc.stage == "router":
+                correct = total = 0
+                for deg, _, labels in self.val:
+                    pred = self.model.route(deg.to(self.device)).logits.argmax(-1).cpu()
+                    correct += int((pred == labels).sum())
+                    total += len(labels)
+                return {"val_acc": correct / max(total, 1)}
+            vals = []
+            for deg, clean, _ in self.val:
+                deg, clean = deg.to(self.device), clean.to(self.device)
+                prior, mix = self._prior_and_mix(deg)
+                out = self.model(deg, prior, mix if self.sc.stage == "experts" else None)
+                vals.append(psnr(out, clean).mean().item())
+            return {"val_psnr": float(np.mean(vals))}
+        finally:
+            self.model.train(was)
+            if self.sc.stage != "router":
+                self.model.router.eval()
+
+
+def load_or_init(run_dir: Path, cfg: ModelConfig, seed: int) -> LoRAIR:
+    path = run_dir / "model.safetensors"
+    if path.is_file():
+        return load_checkpoint(path)
+    torch.manual_seed(seed)
+    return LoRAIR(cfg)
+
+
+def write_run_info(run_dir: Path, info: dict) -> None:
+    p = run_dir / "run.json"
+    data = json.loads(p.read_text()) if p.is_file() else {}
+    data.update(info)
+    p.write_text(json.dumps(data, indent=2, default=str))
+
+
+def stage_config_dict(sc: StageConfig) -> dict:
+    return asdict(sc)
