@@ -68,7 +68,7 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
             mode = im.mode
             if mode == "CMYK":
                 raise ImageError(f"{path.name} is a CMYK image", "convert it to RGB in your editor first")
-            sixteen = mode in ("I;16", "I;16B", "I;16L", "I") or (fmt in ("PNG", "TIFF") and _is_16bit_rgb(im))
+            sixteen = mode in ("I;16", "I;16B", "I;16L", "I") or (fmt in ("PNG", "TIFF") and _is_16bit(path, im))
             if not sixteen:
                 im.load()
                 rgb, alpha = _from_pil(ImageOps.exif_transpose(im))
@@ -82,23 +82,14 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
     return LoadedImage(rgb, alpha, 16, icc, exif, fmt)
 
 
-def _is_16bit_rgb(im: Image.Image) -> bool:
-    # Pillow reduces 16-bit RGB(A) to 8 bits; the PNG header / TIFF tags tell the real depth.
+def _is_16bit(path: Path, im: Image.Image) -> bool:
+    """Pillow reduces 16-bit RGB(A) to 8 bits; the PNG header / TIFF tags tell the real depth."""
     if im.format == "PNG":
-        return _png_bit_depth(im) == 16
+        with open(path, "rb") as f:
+            head = f.read(25)
+        return len(head) == 25 and head[12:16] == b"IHDR" and head[24] == 16
     bps = im.tag_v2.get(258) if hasattr(im, "tag_v2") else None
     return bool(bps) and max(bps if isinstance(bps, tuple) else (bps,)) == 16
-
-
-def _png_bit_depth(im: Image.Image) -> int:
-    fp = im.fp
-    pos = fp.tell()
-    try:
-        fp.seek(0)
-        head = fp.read(26)
-    finally:
-        fp.seek(pos)
-    return head[24] if len(head) >= 25 and head[12:16] == b"IHDR" else 8
 
 
 def _from_pil(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:

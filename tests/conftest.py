@@ -12,7 +12,7 @@ import pytest
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 
-def make_random_model(seed: int = 0):  # noqa: ANN201 - torch imported lazily
+def make_random_model(seed: int = 0):
     import torch
 
     from lorair_desktop.core import LoRAIR, load_config
@@ -35,3 +35,9 @@ def small_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("models") / "small.safetensors"
     save_checkpoint(make_random_model(), path)
     return path
+
+
+@pytest.fixture(scope="module")
+def small_model():  # noqa: ANN201 - torch imported lazily
+    """The same seeded random compact model, in memory."""
+    return make_random_model()

@@ -129,13 +129,34 @@ def _build(cls: type[T], data: Any, where: str) -> T:
         sub = _NESTED.get((cls, name))
         if sub is not None:
             value = _build(sub, value, f"{where}.{name}")
-        elif isinstance(value, list):
-            value = tuple(value)
+        else:
+            value = _check_type(value, f.default, f"{where}.{name}")
         kwargs[name] = value
     try:
         return cls(**kwargs)
     except TypeError as exc:  # pragma: no cover - guarded by the key checks above
         raise ConfigError(f"{where}: {exc}") from exc
+
+
+def _check_type(value: Any, default: Any, where: str) -> Any:
+    """Values must have the type of the field's default (ints for ints, lists for tuples, ...)."""
+    if default is dataclasses.MISSING or default is None:
+        ok = default is None and (value is None or isinstance(value, str))
+        ok = ok or default is dataclasses.MISSING
+    elif isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif isinstance(default, tuple):
+        ok = isinstance(value, list)
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        want = "a list" if isinstance(default, tuple) else type(default).__name__
+        raise ConfigError(f"{where} must be {want}, got {value!r}")
+    return tuple(value) if isinstance(value, list) else value
 
 
 _NESTED: dict[tuple[type, str], type] = {

@@ -167,6 +167,15 @@ class Restorer:
             return self.model.net(x, prior).float()
 
     def _run_tiles(self, img, prior, tile, overlap, progress, cancel):  # type: ignore[no-untyped-def]
+        # Pad once to the network's multiple (as a whole-image run does), so border tiles see the
+        # same reflected context and need no padding of their own; crop back at the end.
+        m = self.model.cfg.pad_multiple
+        h0, w0 = img.shape[:2]
+        ph, pw = (m - h0 % m) % m, (m - w0 % m) % m
+        if ph or pw:
+            mode = "reflect" if min(h0, w0) > max(ph, pw) else "edge"
+            img = np.pad(img, ((0, ph), (0, pw), (0, 0)), mode=mode)
+        tile = max(m, tile // m * m)
         h, w = img.shape[:2]
         dtype = self.dtype
         if h <= tile and w <= tile:
@@ -197,4 +206,4 @@ class Restorer:
                 progress(i + 1, len(tiles))
         if not single:
             result = acc / np.maximum(wsum, 1e-8)
-        return np.ascontiguousarray(result, dtype=np.float32), len(tiles), dtype
+        return np.ascontiguousarray(result[:h0, :w0], dtype=np.float32), len(tiles), dtype

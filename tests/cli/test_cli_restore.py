@@ -1,0 +1,171 @@
+"""`lorair restore/analyze/models` end to end on small files, and every bad input of issue 2."""
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image, ImageCms
+
+from lorair_desktop import imageio
+from lorair_desktop.cli import main
+
+
+def _rgb(h: int = 40, w: int = 56, seed: int = 0) -> np.ndarray:
+    return (np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)
+
+
+def _sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def _run(args: list[str], capsys) -> tuple[int, str, str]:  # noqa: ANN001
+    rc = main(args)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_restore_png_reports_weights_and_keeps_input(small_model_path, tmp_path, capsys) -> None:  # noqa: ANN001
+    src, dst = tmp_path / "in.png", tmp_path / "out.png"
+    Image.fromarray(_rgb()).save(src)
+    before = _sha(src)
+    rc, out, _ = _run(["restore", str(src), "-o", str(dst), "--model", str(small_model_path), "--json"], capsys)
+    assert rc == 0
+    info = json.loads(out)
+    assert set(info["router_weights"]) == {"noise", "blur", "jpeg", "rain", "haze", "low-light"}
+    assert info["applied_weights"] == info["router_weights"]
+    assert _sha(src) == before
+    assert Image.open(dst).size == (56, 40)
+
+
+def test_manual_experts_reach_the_model(small_model_path, tmp_path, capsys) -> None:  # noqa: ANN001
+    src = tmp_path / "in.png"
+    Image.fromarray(_rgb()).save(src)
+    rc, out, _ = _run(["restore", str(src), "-o", str(tmp_path / "o.png"), "--model", str(small_model_path),
+                       "--experts", "noise=0.8,jpeg=0.3", "--json"], capsys)
+    assert rc == 0
+    applied = json.loads(out)["applied_weights"]
+    assert applied == {"noise": 0.8, "blur": 0.0, "jpeg": 0.3, "rain": 0.0, "haze": 0.0, "low-light": 0.0}
+
+
+def test_rgba_alpha_passes_through_untouched(small_model_path, tmp_path, capsys) -> None:  # noqa: ANN001
+    rgba = np.dstack([_rgb(), np.linspace(0, 255, 40 * 56).reshape(40, 56).astype(np.uint8)])
+    src, dst = tmp_path / "a.png", tmp_path / "b.png"
+    Image.fromarray(rgba, "RGBA").save(src)
+    assert _run(["restore", str(src), "-o", str(dst), "--model", str(small_model_path), "-q"], capsys)[0] == 0
+    out = np.asarray(Image.open(dst))
+    assert out.shape == (40, 56, 4)
+    assert np.array_equal(out[..., 3], rgba[..., 3])
+
+
+@pytest.mark.parametrize("ext", [".png", ".tif"])
+def test_16bit_in_gives_16bit_out_with_alpha_and_icc(small_model_path, tmp_path, capsys, ext) -> None:  # noqa: ANN001
+    rng = np.random.default_rng(1)
+    rgba16 = (rng.random((36, 44, 4)) * 65535).astype(np.uint16)
+    src, dst = tmp_path / f"in{ext}", tmp_path / f"out{ext}"
+    cv2.imwrite(str(src), rgba16[..., [2, 1, 0, 3]])
+    assert imageio.read_image(src).bit_depth == 16
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    img = imageio.read_image(src)
+    imageio.write_image(src, img.rgb, img.alpha, 16, icc)  # re-save with a profile
+    assert _run(["restore", str(src), "-o", str(dst), "--model", str(small_model_path), "-q"], capsys)[0] == 0
+    back = cv2.imread(str(dst), cv2.IMREAD_UNCHANGED)
+    assert back.dtype == np.uint16 and back.shape == (36, 44, 4)
+    assert np.array_equal(back[..., 3], rgba16[..., 3])
+    assert imageio.read_image(dst).icc_profile == icc
+    assert len(np.unique(back[..., :3])) > 1000  # real 16-bit values, not 8-bit ones scaled up
+
+
+def test_jpeg_icc_and_exif_orientation(small_model_path, tmp_path, capsys) -> None:  # noqa: ANN001
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    im = Image.fromarray(_rgb(30, 50))
+    exif = im.getexif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    src, dst = tmp_path / "p.jpg", tmp_path / "p_out.jpg"
+    im.save(src, quality=90, icc_profile=icc, exif=exif.tobytes())
+    assert _run(["restore", str(src), "-o", str(dst), "--model", str(small_model_path), "-q"], capsys)[0] == 0
+    out = Image.open(dst)
+    assert out.size == (30, 50)  # upright: width and height swapped by the orientation
+    assert out.info.get("icc_profile") == icc
+    assert out.getexif().get(0x0112, 1) == 1
+
+
+def test_webp_and_palette_input(small_model_path, tmp_path, capsys) -> None:  # noqa: ANN001
+    src = tmp_path / "pal.png"
+    Image.fromarray(_rgb()).convert("P").save(src)
+    rc, _, _ = _run(["restore", str(src), "-o", str(tmp_path / "o.webp"), "--model", str(small_model_path), "-q"],
+                    capsys)
+    assert rc == 0 and Image.open(tmp_path / "o.webp").format == "WEBP"
+
+
+def _bad(args: list[str], capsys) -> str:  # noqa: ANN001
+    rc, _, err = _run(args, capsys)
+    assert rc != 0
+    lines = [ln for ln in err.strip().splitlines() if ln]
+    assert lines and lines[0].startswith("error: ") and len(lines) <= 2, err
+    assert "Traceback" not in err
+    return err
+
+
+def test_bad_inputs_give_one_line_errors(small_model_path, tmp_path, capsys) -> None:  # noqa: ANN001
+    m = ["--model", str(small_model_path)]
+    good = tmp_path / "good.png"
+    Image.fromarray(_rgb()).save(good)
+    good_sha = _sha(good)
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    truncated = tmp_path / "trunc.jpg"
+    buf = io.BytesIO()
+    Image.fromarray(_rgb()).save(buf, "JPEG")
+    truncated.write_bytes(buf.getvalue()[:200])
+    cmyk = tmp_path / "cmyk.jpg"
+    Image.fromarray(_rgb()).convert("CMYK").save(cmyk)
+    out = str(tmp_path / "out.png")
+    assert "damaged" in _bad(["restore", str(corrupt), "-o", out, *m], capsys)
+    assert "error" in _bad(["restore", str(truncated), "-o", out, *m], capsys)
+    assert "CMYK" in _bad(["restore", str(cmyk), "-o", out, *m], capsys)
+    assert "limit" in _bad(["restore", str(good), "-o", out, "--max-pixels", "100", *m], capsys)
+    assert "unknown expert" in _bad(["restore", str(good), "-o", out, "--experts", "snow=1", *m], capsys)
+    assert "between 0" in _bad(["restore", str(good), "-o", out, "--experts", "noise=-1", *m], capsys)
+    assert "not a number" in _bad(["restore", str(good), "-o", out, "--experts", "noise=lots", *m], capsys)
+    assert "is the input" in _bad(["restore", str(good), "-o", str(good), *m], capsys)
+    assert "does not exist" in _bad(["restore", str(tmp_path / "nope.png"), "-o", out, *m], capsys)
+    assert "cannot write" in _bad(["restore", str(good), "-o", str(tmp_path / "o.bmp2"), *m], capsys)
+    assert _sha(good) == good_sha
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_bad_checkpoint_and_untrained_preset(small_model_path, tmp_path, capsys, monkeypatch) -> None:  # noqa: ANN001
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    good = tmp_path / "good.png"
+    Image.fromarray(_rgb()).save(good)
+    tensors = load_file(str(small_model_path))
+    with safe_open(str(small_model_path), "pt") as f:
+        meta = f.metadata()
+    tensors["net.intro.conv.weight"] = tensors["net.intro.conv.weight"][:8]
+    broken = tmp_path / "broken.safetensors"
+    save_file(tensors, str(broken), metadata=meta)
+    err = _bad(["restore", str(good), "-o", str(tmp_path / "o.png"), "--model", str(broken)], capsys)
+    assert "net.intro.conv.weight" in err
+    res = tmp_path / "res"
+    (res / "model_configs").mkdir(parents=True)
+    src = Path(imageio.__file__).resolve().parents[1] / "resources" / "model_configs" / "lorair-compact.json"
+    (res / "model_configs" / "lorair-compact.json").write_text(src.read_text())
+    monkeypatch.setenv("LORAIR_RESOURCES", str(res))
+    assert "no trained weights" in _bad(["restore", str(good), "-o", str(tmp_path / "o.png")], capsys)
+
+
+def test_analyze_and_models(small_model_path, tmp_path, capsys) -> None:  # noqa: ANN001
+    src = tmp_path / "in.png"
+    Image.fromarray(_rgb()).save(src)
+    rc, out, _ = _run(["analyze", str(src), "--model", str(small_model_path), "--json"], capsys)
+    data = json.loads(out)
+    assert rc == 0 and data["top_expert"] == max(data["router_weights"], key=data["router_weights"].get)
+    assert abs(sum(data["router_weights"].values()) - 1) < 1e-5
+    rc, out, _ = _run(["models", "--json"], capsys)
+    assert rc == 0 and any(r["name"] == "lorair-compact" for r in json.loads(out))
