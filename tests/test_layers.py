@@ -14,7 +14,8 @@ print(json.dumps(sorted(m for m in mods if m.split('.')[0] in {forbidden!r})))
 """
 
 RULES = [
-    ("lorair_desktop.core", ["PySide6", "PyQt5", "PyQt6", "http.server", "lorair_desktop.bridge", "lorair_desktop.worker",
+    ("lorair_desktop.core", ["PySide6", "PyQt5", "PyQt6", "http.server", "lorair_desktop.bridge",
+                             "lorair_desktop.worker",
                              "lorair_desktop.app"]),
     ("lorair_desktop.bridge", ["numpy", "torch", "PySide6", "PyQt5", "PIL", "cv2", "platformdirs"]),
     ("lorair_desktop.imageio", ["torch", "PySide6"]),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from pathlib import Path
@@ -14,15 +15,15 @@ from ..core.config import load_config
 from ..core.device import select_device
 from ..errors import LoraIRError
 from .dataset import ImageBank, RestorationDataset, ValidationDataset, build_validation_set, photo_bank
-from .trainer import STAGES, StageConfig, StageRunner, load_or_init, write_run_info
+from .trainer import STAGES, StageConfig, StageRunner, load_or_init, stage_config_dict, write_run_info
 
 log = logging.getLogger(__name__)
 
 # Per-stage defaults for the compact preset on a laptop-class budget (override on the command line).
 STAGE_DEFAULTS = {
-    "router": {"steps": 1500, "batch": 16, "lr": 1e-3, "context": 256},
-    "base": {"steps": 6000, "batch": 8, "lr": 1e-3, "context": 256},
-    "experts": {"steps": 3000, "batch": 8, "lr": 5e-4, "context": 256},
+    "router": {"steps": 800, "batch": 16, "lr": 1e-3, "context": 256},
+    "base": {"steps": 4000, "batch": 8, "lr": 1e-3, "context": 256},
+    "experts": {"steps": 2000, "batch": 8, "lr": 5e-4, "context": 256},
 }
 MINUTE_SHARE = {"router": 0.15, "base": 0.5, "experts": 0.35}
 
@@ -91,16 +92,21 @@ def run(args: argparse.Namespace) -> int:
     else:
         train_bank, val_bank = photo_bank("train"), photo_bank("val")
     model = load_or_init(run_dir, cfg, args.seed).to(device)
+    from .evaluate import hardware_info  # lazy: only needed here, for the model card
+
     write_run_info(
         run_dir,
         {
             "preset": cfg.name,
             "config": cfg.to_dict(),
             "device": str(device),
+            "hardware": hardware_info(device),
+            "data": str(args.data) if args.data is not None else "photo manifest",
             "train_images": train_bank.names,
             "val_images": val_bank.names,
         },
     )
+    previous = json.loads((run_dir / "run.json").read_text())
     crop = args.crop or cfg.net.train_size
     for st in stages:
         d = STAGE_DEFAULTS[st]
@@ -127,9 +133,15 @@ def run(args: argparse.Namespace) -> int:
         if runner.step >= sc.steps:
             log.info("stage %s already complete (%d steps)", st, runner.step)
             continue
+        recipe = {**stage_config_dict(sc), "context": context, "crop": None if st == "router" else crop}
+        write_run_info(run_dir, {"recipe": {**previous.get("recipe", {}), st: recipe}})
+        previous = json.loads((run_dir / "run.json").read_text())
         t0 = time.monotonic()
         result = runner.run(crop=None if st == "router" else crop)
         result["wall_s"] = time.monotonic() - t0
+        # A resumed stage adds this session's time to the earlier sessions' (for the model card).
+        before = previous.get(f"stage_{st}", {})
+        result["wall_s_total"] = result["wall_s"] + before.get("wall_s_total", before.get("wall_s", 0.0))
         result["history"] = runner.history[-20:]
         write_run_info(run_dir, {f"stage_{st}": result})
         print(

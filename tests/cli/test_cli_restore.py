@@ -22,13 +22,13 @@ def _sha(p: Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
-def _run(args: list[str], capsys) -> tuple[int, str, str]:  # noqa: ANN001
+def _run(args: list[str], capsys) -> tuple[int, str, str]:
     rc = main(args)
     out, err = capsys.readouterr()
     return rc, out, err
 
 
-def test_restore_png_reports_weights_and_keeps_input(small_model_path, tmp_path, capsys) -> None:  # noqa: ANN001
+def test_restore_png_reports_weights_and_keeps_input(small_model_path, tmp_path, capsys) -> None:
     src, dst = tmp_path / "in.png", tmp_path / "out.png"
     Image.fromarray(_rgb()).save(src)
     before = _sha(src)
@@ -41,7 +41,7 @@ def test_restore_png_reports_weights_and_keeps_input(small_model_path, tmp_path,
     assert Image.open(dst).size == (56, 40)
 
 
-def test_manual_experts_reach_the_model(small_model_path, tmp_path, capsys) -> None:  # noqa: ANN001
+def test_manual_experts_reach_the_model(small_model_path, tmp_path, capsys) -> None:
     src = tmp_path / "in.png"
     Image.fromarray(_rgb()).save(src)
     rc, out, _ = _run(["restore", str(src), "-o", str(tmp_path / "o.png"), "--model", str(small_model_path),
@@ -51,7 +51,7 @@ def test_manual_experts_reach_the_model(small_model_path, tmp_path, capsys) -> N
     assert applied == {"noise": 0.8, "blur": 0.0, "jpeg": 0.3, "rain": 0.0, "haze": 0.0, "low-light": 0.0}
 
 
-def test_rgba_alpha_passes_through_untouched(small_model_path, tmp_path, capsys) -> None:  # noqa: ANN001
+def test_rgba_alpha_passes_through_untouched(small_model_path, tmp_path, capsys) -> None:
     rgba = np.dstack([_rgb(), np.linspace(0, 255, 40 * 56).reshape(40, 56).astype(np.uint8)])
     src, dst = tmp_path / "a.png", tmp_path / "b.png"
     Image.fromarray(rgba, "RGBA").save(src)
@@ -62,7 +62,7 @@ def test_rgba_alpha_passes_through_untouched(small_model_path, tmp_path, capsys)
 
 
 @pytest.mark.parametrize("ext", [".png", ".tif"])
-def test_16bit_in_gives_16bit_out_with_alpha_and_icc(small_model_path, tmp_path, capsys, ext) -> None:  # noqa: ANN001
+def test_16bit_in_gives_16bit_out_with_alpha_and_icc(small_model_path, tmp_path, capsys, ext) -> None:
     rng = np.random.default_rng(1)
     rgba16 = (rng.random((36, 44, 4)) * 65535).astype(np.uint16)
     src, dst = tmp_path / f"in{ext}", tmp_path / f"out{ext}"
@@ -79,7 +79,7 @@ def test_16bit_in_gives_16bit_out_with_alpha_and_icc(small_model_path, tmp_path,
     assert len(np.unique(back[..., :3])) > 1000  # real 16-bit values, not 8-bit ones scaled up
 
 
-def test_jpeg_icc_and_exif_orientation(small_model_path, tmp_path, capsys) -> None:  # noqa: ANN001
+def test_jpeg_icc_and_exif_orientation(small_model_path, tmp_path, capsys) -> None:
     icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     im = Image.fromarray(_rgb(30, 50))
     exif = im.getexif()
@@ -93,7 +93,7 @@ def test_jpeg_icc_and_exif_orientation(small_model_path, tmp_path, capsys) -> No
     assert out.getexif().get(0x0112, 1) == 1
 
 
-def test_webp_and_palette_input(small_model_path, tmp_path, capsys) -> None:  # noqa: ANN001
+def test_webp_and_palette_input(small_model_path, tmp_path, capsys) -> None:
     src = tmp_path / "pal.png"
     Image.fromarray(_rgb()).convert("P").save(src)
     rc, _, _ = _run(["restore", str(src), "-o", str(tmp_path / "o.webp"), "--model", str(small_model_path), "-q"],
@@ -101,7 +101,7 @@ def test_webp_and_palette_input(small_model_path, tmp_path, capsys) -> None:  # 
     assert rc == 0 and Image.open(tmp_path / "o.webp").format == "WEBP"
 
 
-def _bad(args: list[str], capsys) -> str:  # noqa: ANN001
+def _bad(args: list[str], capsys) -> str:
     rc, _, err = _run(args, capsys)
     assert rc != 0
     lines = [ln for ln in err.strip().splitlines() if ln]
@@ -110,7 +110,7 @@ def _bad(args: list[str], capsys) -> str:  # noqa: ANN001
     return err
 
 
-def test_bad_inputs_give_one_line_errors(small_model_path, tmp_path, capsys) -> None:  # noqa: ANN001
+def test_bad_inputs_give_one_line_errors(small_model_path, tmp_path, capsys) -> None:
     m = ["--model", str(small_model_path)]
     good = tmp_path / "good.png"
     Image.fromarray(_rgb()).save(good)
@@ -138,7 +138,7 @@ def test_bad_inputs_give_one_line_errors(small_model_path, tmp_path, capsys) -> 
     assert not (tmp_path / "out.png").exists()
 
 
-def test_bad_checkpoint_and_untrained_preset(small_model_path, tmp_path, capsys, monkeypatch) -> None:  # noqa: ANN001
+def test_bad_checkpoint_and_untrained_preset(small_model_path, tmp_path, capsys, monkeypatch) -> None:
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
@@ -160,7 +160,7 @@ def test_bad_checkpoint_and_untrained_preset(small_model_path, tmp_path, capsys,
     assert "no trained weights" in _bad(["restore", str(good), "-o", str(tmp_path / "o.png")], capsys)
 
 
-def test_analyze_and_models(small_model_path, tmp_path, capsys) -> None:  # noqa: ANN001
+def test_analyze_and_models(small_model_path, tmp_path, capsys) -> None:
     src = tmp_path / "in.png"
     Image.fromarray(_rgb()).save(src)
     rc, out, _ = _run(["analyze", str(src), "--model", str(small_model_path), "--json"], capsys)

@@ -12,7 +12,7 @@ from lorair_desktop.core.device import inference_dtype, select_device
 from lorair_desktop.core.errors import CheckpointError, DeviceError, ModelNotTrained
 
 
-def test_round_trip_keeps_config_and_weights(small_model, tmp_path: Path) -> None:  # noqa: ANN001
+def test_round_trip_keeps_config_and_weights(small_model, tmp_path: Path) -> None:
     path = tmp_path / "m.safetensors"
     sha = ckpt.save_checkpoint(small_model, path)
     assert sha == ckpt.sha256_file(path)
@@ -22,7 +22,7 @@ def test_round_trip_keeps_config_and_weights(small_model, tmp_path: Path) -> Non
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_half_checkpoint_is_smaller_and_close(small_model, tmp_path: Path) -> None:  # noqa: ANN001
+def test_half_checkpoint_is_smaller_and_close(small_model, tmp_path: Path) -> None:
     full, half = tmp_path / "f.safetensors", tmp_path / "h.safetensors"
     ckpt.save_checkpoint(small_model, full)
     ckpt.save_checkpoint(small_model, half, half=True)
@@ -34,7 +34,7 @@ def test_half_checkpoint_is_smaller_and_close(small_model, tmp_path: Path) -> No
         assert (m.net(x, prior) - small_model.net(x, prior)).abs().max() < 5e-3
 
 
-def test_shape_mismatch_names_the_key_and_shapes(small_model, tmp_path: Path) -> None:  # noqa: ANN001
+def test_shape_mismatch_names_the_key_and_shapes(small_model, tmp_path: Path) -> None:
     path = tmp_path / "m.safetensors"
     ckpt.save_checkpoint(small_model, path)
     tensors = load_file(str(path))
@@ -63,7 +63,7 @@ def test_not_a_checkpoint(tmp_path: Path) -> None:
         ckpt.load_checkpoint(plain)
 
 
-def test_manifest_sha256_mismatch_and_missing_weights(small_model, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+def test_manifest_sha256_mismatch_and_missing_weights(small_model, tmp_path: Path, monkeypatch) -> None:
     res = tmp_path / "res"
     (res / "weights").mkdir(parents=True)
     (res / "model_configs").mkdir()
@@ -84,7 +84,7 @@ def test_manifest_sha256_mismatch_and_missing_weights(small_model, tmp_path: Pat
         ckpt.load_model("lorair-compact")
 
 
-def test_device_selection_with_simulated_availability(monkeypatch) -> None:  # noqa: ANN001
+def test_device_selection_with_simulated_availability(monkeypatch) -> None:
     import lorair_desktop.core.device as dev
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

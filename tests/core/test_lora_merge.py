@@ -62,7 +62,7 @@ def test_per_sample_mix_matches_each_sample_merged() -> None:
         layer.unmerge()
 
 
-def test_whole_model_merged_vs_unmerged(small_model) -> None:  # noqa: ANN001
+def test_whole_model_merged_vs_unmerged(small_model) -> None:
     torch.manual_seed(1)
     x = torch.rand(1, 3, 48, 64)
     prior = torch.randn(1, small_model.cfg.net.prior_dim)

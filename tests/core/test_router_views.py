@@ -30,7 +30,7 @@ def test_native_falls_back_to_paper_for_small_images() -> None:
     assert torch.equal(make_views(img, 32, "native"), make_views(img, 32, "paper"))
 
 
-def test_router_output_shapes(small_model) -> None:  # noqa: ANN001
+def test_router_output_shapes(small_model) -> None:
     with torch.no_grad():
         out = small_model.route(torch.rand(2, 3, 130, 170))
     assert out.prior.shape == (2, small_model.cfg.net.prior_dim)

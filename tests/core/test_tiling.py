@@ -25,7 +25,7 @@ def test_plan_covers_every_pixel_with_positive_weight() -> None:
         assert acc.min() > 0.5
 
 
-def test_tiled_matches_whole_image_without_seams(small_model) -> None:  # noqa: ANN001
+def test_tiled_matches_whole_image_without_seams(small_model) -> None:
     r = Restorer(small_model, "cpu")
     img = _image()
     whole = r.restore(img, tile=4096)
@@ -44,7 +44,7 @@ def test_tiled_matches_whole_image_without_seams(small_model) -> None:  # noqa: 
     assert not np.allclose(tiled.image, tiled_auto.image)  # the manual mix really applies
 
 
-def test_progress_and_cancel(small_model) -> None:  # noqa: ANN001
+def test_progress_and_cancel(small_model) -> None:
     r = Restorer(small_model, "cpu")
     seen = []
     r.restore(_image(160, 160), tile=64, overlap=16, progress=lambda i, n: seen.append((i, n)))
@@ -54,7 +54,7 @@ def test_progress_and_cancel(small_model) -> None:  # noqa: ANN001
         r.restore(_image(160, 160), tile=64, overlap=16, cancel=lambda: len(calls) > 1 or calls.append(1) or False)
 
 
-def test_bad_images_are_refused(small_model) -> None:  # noqa: ANN001
+def test_bad_images_are_refused(small_model) -> None:
     r = Restorer(small_model, "cpu")
     with pytest.raises(ImageError):
         r.restore(np.zeros((0, 10, 3), np.float32))
@@ -64,7 +64,7 @@ def test_bad_images_are_refused(small_model) -> None:  # noqa: ANN001
         r.restore(np.zeros((8, 8), np.float32))
 
 
-def test_odd_sizes_and_tiny_images(small_model) -> None:  # noqa: ANN001
+def test_odd_sizes_and_tiny_images(small_model) -> None:
     r = Restorer(small_model, "cpu")
     for h, w in [(1, 1), (7, 33), (17, 5)]:
         out = r.restore(np.random.default_rng(0).random((h, w, 3), dtype=np.float32))
