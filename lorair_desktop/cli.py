@@ -17,6 +17,10 @@ from pathlib import Path
 
 from .errors import LoraIRError
 
+# Set before torch loads: OpenMP threads that spin while waiting slow ~10x when another program
+# (Krita, GIMP, the app) shares the cores; passive waiting costs little when the cores are free.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 # Subcommands owned by other layers: name -> module with add_arguments(parser) and run(args) -> int.
 SUBCOMMANDS: dict[str, str] = {
     "worker": "lorair_desktop.worker.main",

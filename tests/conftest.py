@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# OpenMP threads that spin while waiting collapse when processes share the 2 cores (tests + workers).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def make_random_model(seed: int = 0):
@@ -38,6 +40,6 @@ def small_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def small_model():  # noqa: ANN201 - torch imported lazily
+def small_model():
     """The same seeded random compact model, in memory."""
     return make_random_model()
