@@ -1,0 +1,248 @@
+"""`lorair bench`: where the time and memory go, on this machine, for a model and device.
+
+Everything printed comes from runs made here and now: medians over repeats after a warm-up, with the
+raw samples in the JSON report. Nothing is asserted; tests never time things.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help="fewer sizes and repeats (under ~3 minutes on 2 cores)")
+    p.add_argument("--json", type=Path, default=None, help="also write the full report (with raw samples) here")
+    p.add_argument("--model", default=None, help="preset or checkpoint (default: the default model)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--skip", default="", help="comma-separated sections to skip: peer,memory,worker,gemm,variants")
+
+
+def _timeit(fn: Callable[[], object], repeats: int, warmup: int = 1) -> dict:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return {"median_s": statistics.median(samples), "samples": samples}
+
+
+def _load(model_name: str | None):
+    from .core import DEFAULT_MODEL, load_model
+    from .errors import ModelNotTrained
+
+    try:
+        return load_model(model_name or DEFAULT_MODEL), "trained"
+    except ModelNotTrained:
+        import torch
+
+        from .core import LoRAIR, load_config
+
+        torch.manual_seed(0)  # speed does not depend on the values; say so in the report
+        return LoRAIR(load_config(model_name or DEFAULT_MODEL)), "random (no trained weights installed)"
+
+
+def _image(mp: float, seed: int = 0):
+    import numpy as np
+
+    side = int((mp * 1e6) ** 0.5)
+    return np.random.default_rng(seed).random((side, side, 3), dtype=np.float32)
+
+
+def bench_variants(model, device: str, sizes: list[float], repeats: int) -> list[dict]:
+    """Seconds per megapixel for the restore paths users get, and the paths we chose against."""
+    import torch
+
+    from .core import Restorer
+    from .core.cpu import bf16_fast
+
+    rows = []
+    for mp in sizes:
+        img = _image(mp)
+        n_mp = img.shape[0] * img.shape[1] / 1e6
+        variants: list[tuple[str, dict, dict]] = [
+            ("default (auto tile, fp32, channels_last, merged)", {}, {}),
+            ("whole image (no tiling)", {}, {"tile": 1 << 16}),
+            ("channels_last off", {"channels_last": False}, {}),
+            ("unmerged experts (reference path)", {}, {"merged": False}),
+        ]
+        if bf16_fast(torch.device(device) if device != "auto" else None):
+            variants.append(("bf16 autocast", {"precision": "bf16"}, {}))
+        for name, ctor, call in variants:
+            r = Restorer(model, device=device, **ctor)
+            res = {}
+
+            def run(r=r, call=call, res=res, img=img) -> None:
+                res["out"] = r.restore(img, **call)
+
+            t = _timeit(run, repeats)
+            out = res["out"]
+            rows.append({"size_mp": round(n_mp, 2), "variant": name, "s_per_mp": t["median_s"] / n_mp,
+                         "router_share": out.timings["route_s"] / out.timings["total_s"], "tiles": out.tiles,
+                         "tile_size": out.tile_size, "samples": t["samples"]})
+            log.info("%s", rows[-1])
+        model.to("cpu")
+    return rows
+
+
+def bench_backbone(model, repeats: int, side: int = 1024) -> list[dict]:
+    """The network alone on one tile: base (no experts), merged experts, unmerged, and spandrel's NAFNet."""
+    import torch
+
+    from .core.flops import network_flops
+
+    net = model.net.eval()
+    x = torch.rand(1, 3, side, side).contiguous(memory_format=torch.channels_last)
+    prior = torch.zeros(1, model.cfg.net.prior_dim)
+    w = torch.zeros(model.cfg.num_experts)
+    w[0] = 1.0
+    net.to(memory_format=torch.channels_last)
+    rows = []
+
+    def timed(name: str, fn: Callable[[], object]) -> None:
+        with torch.inference_mode():
+            t = _timeit(fn, repeats)
+        rows.append({"variant": name, "seconds": t["median_s"], "samples": t["samples"]})
+
+    timed("plain backbone (no experts)", lambda: net(x, prior))
+    model.merge(w, channels_last=True)
+    timed("merged experts", lambda: net(x, prior))
+    model.unmerge()
+    model.set_reference_mix(w)
+    timed("unmerged experts", lambda: net(x, prior))
+    model.unmerge()
+    try:
+        from spandrel.architectures.NAFNet import NAFNet
+
+        c = model.cfg.net
+        peer = NAFNet(width=c.width, middle_blk_num=c.middle_blocks, enc_blk_nums=list(c.enc_blocks),
+                      dec_blk_nums=list(c.dec_blocks)).eval().to(memory_format=torch.channels_last)
+        timed("spandrel NAFNet (peer, same config)", lambda: peer(x))
+    except ImportError:
+        log.warning("spandrel is not installed: no peer comparison")
+    base = rows[0]["seconds"]
+    flops = network_flops(model, side)
+    for r in rows:
+        r["ratio_to_plain"] = r["seconds"] / base
+        r["gflops_per_s"] = flops / r["seconds"] / 1e9
+    return rows
+
+
+def bench_gemm(repeats: int = 5, n: int = 2048) -> dict:
+    import torch
+
+    out = {}
+    for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.rand(n, n, dtype=dt), torch.rand(n, n, dtype=dt)
+        t = _timeit(lambda a=a, b=b: a @ b, repeats)
+        out[name] = {"gflops_per_s": 2 * n**3 / t["median_s"] / 1e9, "samples": t["samples"]}
+    return out
+
+
+_MEMORY_PROBE = """
+import resource, sys, time, numpy as np
+from lorair_desktop.bench import _load
+from lorair_desktop.core import Restorer
+model, _ = _load(sys.argv[1] or None)
+side_h, side_w = 4000, 6000
+img = np.random.default_rng(0).random((side_h, side_w, 3), dtype=np.float32)
+r = Restorer(model, device=sys.argv[2])
+t0 = time.perf_counter(); out = r.restore(img); dt = time.perf_counter() - t0
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, dt, out.tiles, out.tile_size)
+"""
+
+
+def bench_memory_24mp(model_name: str | None, device: str) -> dict:
+    """Peak resident memory of a 24 MP restore, measured in a fresh process."""
+    proc = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, model_name or "", device],
+                          capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1:]}
+    rss, dt, tiles, tile = proc.stdout.split()[-4:]
+    image_mb = 24e6 * 3 * 4 / 2**20
+    return {"peak_rss_mb": int(rss) / 2**20, "seconds": float(dt), "s_per_mp": float(dt) / 24, "tiles": int(tiles),
+            "tile_size": int(tile), "input_float_mb": image_mb}
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from .core.device import select_device
+
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    repeats = args.repeats or (2 if args.quick else 5)
+    device = str(select_device(args.device))
+    model, weights = _load(args.model)
+    report: dict = {"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                                "torch": torch.__version__, "threads": torch.get_num_threads(), "device": device},
+                    "model": {"name": model.cfg.name, "weights": weights}}
+    t_start = time.perf_counter()
+    if "variants" not in skip:
+        report["restore"] = bench_variants(model, device, [1.0] if args.quick else [1.0, 4.0], repeats)
+    report["backbone_1mp"] = bench_backbone(model, repeats)
+    if "gemm" not in skip:
+        report["gemm_peak"] = bench_gemm()
+    if "memory" not in skip:
+        report["memory_24mp"] = bench_memory_24mp(args.model, device)
+    if "worker" not in skip:
+        try:
+            from .worker.bench import bench_roundtrip
+
+            report["worker_roundtrip"] = bench_roundtrip(megapixels=1.0 if args.quick else 4.0,
+                                                         model=args.model, repeats=repeats)
+        except ImportError:
+            report["worker_roundtrip"] = {"error": "worker not installed"}
+    report["wall_s"] = time.perf_counter() - t_start
+    print(format_report(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+        print(f"full report: {args.json}")
+    return 0
+
+
+def format_report(rep: dict) -> str:
+    lines = [f"model {rep['model']['name']} ({rep['model']['weights']}) on {rep['machine']['device']}, "
+             f"{rep['machine']['threads']} threads, torch {rep['machine']['torch']}"]
+    if "restore" in rep:
+        lines.append("\nrestore (route + experts merged + network), seconds per megapixel:")
+        for r in rep["restore"]:
+            lines.append(f"  {r['size_mp']:5.2f} MP  {r['variant']:<48} {r['s_per_mp']:7.3f} s/MP  "
+                         f"router {100 * r['router_share']:4.1f}%  {r['tiles']} tile(s) of {r['tile_size']}")
+    lines.append("\nnetwork alone, one 1024² tile:")
+    gemm = rep.get("gemm_peak", {})
+    for r in rep["backbone_1mp"]:
+        peak = gemm.get("fp32", {}).get("gflops_per_s")
+        frac = f" ({100 * r['gflops_per_s'] / peak:.0f}% of fp32 GEMM peak)" if peak else ""
+        lines.append(f"  {r['variant']:<40} {r['seconds']:7.3f} s  x{r['ratio_to_plain']:.2f} of plain  "
+                     f"{r['gflops_per_s']:6.1f} GFLOP/s{frac}")
+    if gemm:
+        lines.append(f"\nGEMM peak: fp32 {gemm['fp32']['gflops_per_s']:.0f} GFLOP/s, "
+                     f"bf16 {gemm['bf16']['gflops_per_s']:.0f} GFLOP/s")
+    mem = rep.get("memory_24mp")
+    if mem:
+        if "error" in mem:
+            lines.append(f"\n24 MP memory probe failed: {mem['error']}")
+        else:
+            lines.append(f"\n24 MP photo: peak RSS {mem['peak_rss_mb']:.0f} MB (input alone "
+                         f"{mem['input_float_mb']:.0f} MB as float), {mem['seconds']:.1f} s "
+                         f"({mem['s_per_mp']:.2f} s/MP), {mem['tiles']} tiles of {mem['tile_size']}")
+    wr = rep.get("worker_roundtrip")
+    if wr:
+        shown = {k: v for k, v in wr.items() if k != "samples"}
+        lines.append(f"\nworker round trip vs in-process: {json.dumps(shown)}")
+    lines.append(f"\nbench wall time {rep['wall_s']:.0f} s")
+    return "\n".join(lines)
