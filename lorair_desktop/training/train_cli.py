@@ -139,9 +139,7 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.monotonic()
         result = runner.run(crop=None if st == "router" else crop)
         result["wall_s"] = time.monotonic() - t0
-        # A resumed stage adds this session's time to the earlier sessions' (for the model card).
-        before = previous.get(f"stage_{st}", {})
-        result["wall_s_total"] = result["wall_s"] + before.get("wall_s_total", before.get("wall_s", 0.0))
+        result["wall_s_total"] = runner.wall_s  # all sessions of this stage (kept in its state file)
         result["history"] = runner.history[-20:]
         write_run_info(run_dir, {f"stage_{st}": result})
         print(

@@ -110,6 +110,8 @@ class StageRunner:
         self.opt = torch.optim.AdamW(self.params, lr=sc.lr, weight_decay=sc.weight_decay, betas=(0.9, 0.9))
         self.step = 0
         self.history: list[dict] = []
+        self.wall_before = 0.0  # training seconds of earlier sessions of this stage (from the state file)
+        self._t_session: float | None = None
         self.state_path = run_dir / f"state-{sc.stage}.pt"
         self.ddp_model = model
         if self.world > 1:
@@ -123,6 +125,12 @@ class StageRunner:
         t = (step - warm) / max(1, self.sc.steps - warm)
         return self.sc.min_lr + 0.5 * (self.sc.lr - self.sc.min_lr) * (1 + math.cos(math.pi * min(t, 1.0)))
 
+    @property
+    def wall_s(self) -> float:
+        """Training wall time of this stage over all its sessions, up to now."""
+        now = 0.0 if self._t_session is None else time.monotonic() - self._t_session
+        return self.wall_before + now
+
     # -- checkpoints -----------------------------------------------------------------------------
     def save(self) -> None:
         if self.rank != 0:
@@ -135,6 +143,7 @@ class StageRunner:
                 "opt": self.opt.state_dict(),
                 "history": json.dumps(self.history),
                 "stage": self.sc.stage,
+                "wall_s": self.wall_s,
             },
             tmp,
         )
@@ -147,6 +156,7 @@ class StageRunner:
         self.step = int(state["step"])
         self.opt.load_state_dict(state["opt"])
         self.history = json.loads(state["history"])
+        self.wall_before = float(state.get("wall_s", 0.0))
         log.info("resumed %s at step %d", self.sc.stage, self.step)
         return True
 
@@ -176,6 +186,7 @@ class StageRunner:
             self.model.router.eval()  # frozen router: BatchNorm statistics stay put
         t_start = time.monotonic()
         t_ckpt = t_start
+        self._t_session = t_start
         losses: list[float] = []
         while self.step < sc.steps:
             if sc.minutes is not None and time.monotonic() - t_start > sc.minutes * 60:
@@ -201,6 +212,7 @@ class StageRunner:
             if time.monotonic() - t_ckpt > sc.ckpt_every_s:
                 self.save()
                 t_ckpt = time.monotonic()
+        self.wall_before, self._t_session = self.wall_s, None  # the session is over: stop the clock
         self.save()
         return {
             "stage": sc.stage,

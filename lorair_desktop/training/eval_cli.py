@@ -1,0 +1,95 @@
+"""`lorair eval`: PSNR/SSIM per degradation row, baselines, router confusion; JSON + Markdown.
+
+    lorair eval --model lorair-compact                # validation photos of the manifest
+    lorair eval --model run/model.safetensors --quick # 3 images, fast smoke check
+    lorair eval --data ~/Pictures --split all --baselines --out eval-mine
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import platformdirs
+import torch
+
+from ..core.checkpoint import DEFAULT_MODEL, load_checkpoint, resolve_model, sha256_file, verify_sha256
+from ..core.inference import Restorer
+from ..core.model import LoRAIR
+from .dataset import ImageBank, photo_bank
+from .evaluate import EvalSettings, evaluate, to_markdown
+
+log = logging.getLogger(__name__)
+
+QUICK_IMAGES = 3
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL, help="preset name or .safetensors path")
+    p.add_argument("--data", type=Path, default=None, help="folder of clean photos (default: the photo manifest)")
+    p.add_argument("--split", default="val", choices=["val", "train", "all"], help="which photos of the folder")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    p.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16")
+    p.add_argument("--out", type=Path, default=None, help="folder for eval.json and eval.md")
+    p.add_argument("--quick", action="store_true", help=f"only {QUICK_IMAGES} images and fewer router crops")
+    p.add_argument("--baselines", action="store_true", help="also run CBM3D, Wiener and the dark channel prior (slow)")
+    p.add_argument("--images", type=int, default=None, help="use at most this many images")
+    p.add_argument("--crop", type=int, default=256, help="side of the fixed evaluation crops")
+    p.add_argument("--crops-per-image", type=int, default=1)
+    p.add_argument("--router-crops", type=int, default=4, help="crops per image for the router confusion matrix")
+    p.add_argument("--tile", type=int, default=None, help="force tiled inference with this tile side")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
+
+
+def _load(name_or_path: str) -> tuple[LoRAIR, dict]:
+    entry = resolve_model(name_or_path)
+    assert entry.weights is not None
+    sha = entry.sha256
+    if sha:
+        verify_sha256(entry.weights, sha)
+    else:
+        sha = sha256_file(entry.weights)
+    info = {"name": entry.name, "weights": str(entry.weights), "sha256": sha,
+            "bytes": entry.weights.stat().st_size}
+    return load_checkpoint(entry.weights), info
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, model_info = _load(args.model)
+    split = None if args.split == "all" else args.split
+    if args.data is not None:
+        bank = ImageBank.from_folder(args.data, split)
+        source = str(args.data)
+    else:
+        bank = photo_bank(split)
+        source = "photo manifest (lorair_desktop/training/photo_manifest.json)"
+    limit = args.images or (QUICK_IMAGES if args.quick else None)
+    if limit is not None and limit < len(bank):
+        bank = ImageBank(bank.images[:limit], bank.names[:limit])
+    settings = EvalSettings(
+        crop=args.crop,
+        crops_per_image=args.crops_per_image,
+        router_crops=min(args.router_crops, 2) if args.quick else args.router_crops,
+        seed=args.seed,
+        baselines=args.baselines,
+        tile=args.tile,
+    )
+    restorer = Restorer(model, device=args.device, precision=args.precision)
+    report = evaluate(restorer, bank, settings)
+    report["model"] = model_info
+    report["data"].update({"source": source, "split": args.split, "quick": args.quick})
+    out = args.out or Path(platformdirs.user_cache_dir("lorair-desktop")) / "eval" / model_info["name"]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    md = to_markdown(report, f"{model_info['name']} ({Path(model_info['weights']).name}, sha256 "
+                             f"{model_info['sha256'][:12]}…) on {args.split} photos")
+    (out / "eval.md").write_text(md, encoding="utf-8")
+    print(json.dumps(report, indent=2) if args.json else md)
+    print(f"wrote {out / 'eval.json'} and {out / 'eval.md'} ({report['wall_s']:.0f} s)")
+    return 0

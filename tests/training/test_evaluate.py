@@ -1,0 +1,125 @@
+"""Metrics, classical baselines and `lorair eval`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from lorair_desktop.cli import main
+from lorair_desktop.training import baselines as B
+from lorair_desktop.training import degradations as D
+from lorair_desktop.training.evaluate import EVAL_ROWS, MIXED_ROWS, psnr, ssim, targets
+
+from .conftest import synthetic_photo
+
+
+def photo(seed: int = 0, size: int = 96) -> np.ndarray:
+    return synthetic_photo(seed, size, size).astype(np.float32) / 255.0
+
+
+def ssim_reference(a: np.ndarray, b: np.ndarray) -> float:
+    """Textbook SSIM (Wang et al. 2004) written independently with scipy's Gaussian filter
+    (σ 1.5, truncate 3.5 → 11 taps, reflect borders), per channel, valid region."""
+    c1, c2 = 0.01**2, 0.03**2
+    out = []
+    for ch in range(a.shape[2]):
+        x, y = a[..., ch].astype(np.float64), b[..., ch].astype(np.float64)
+
+        def g(v: np.ndarray) -> np.ndarray:
+            return ndimage.gaussian_filter(v, 1.5, truncate=3.5, mode="reflect")
+
+        mx, my = g(x), g(y)
+        sxx, syy, sxy = g(x * x) - mx**2, g(y * y) - my**2, g(x * y) - mx * my
+        s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
+        out.append(s[5:-5, 5:-5].mean())
+    return float(np.mean(out))
+
+
+def test_psnr_and_ssim() -> None:
+    x = photo()
+    assert psnr(x, x) == 100.0 and ssim(x, x) == pytest.approx(1.0)
+    assert psnr(np.clip(x + 0.1, 0, 2), x) == pytest.approx(20.0, abs=0.6)  # clipping aside: MSE 0.01
+    assert psnr(np.full((8, 8, 3), 0.6), np.full((8, 8, 3), 0.5)) == pytest.approx(20.0)
+    y = D.add_gaussian_noise(x, 25, np.random.default_rng(0))
+    assert ssim(y, x) == pytest.approx(ssim_reference(y, x), abs=1e-7)
+    assert ssim(y, x) == pytest.approx(ssim(x, y))
+    z = D.add_gaussian_noise(x, 50, np.random.default_rng(0))
+    assert ssim(z, x) < ssim(y, x) < 0.99
+    with pytest.raises(ValueError):
+        ssim(x, x[:-1])
+
+
+def test_wiener_with_the_true_kernel_deblurs() -> None:
+    x = photo(1, 128)
+    y, k = D.gaussian_blur(x, 2.0, np.random.default_rng(0), noise_sigma255=1.0)
+    y = D.quantize8(y)
+    out, nsr = B.wiener_oracle(y, x, k)
+    assert psnr(out, x) > psnr(y, x) + 1.5
+    assert nsr in B.WIENER_NSR_GRID and out.shape == x.shape and out.dtype == np.float32
+    # noise-free, unquantised: almost exact inversion with a tiny NSR
+    y0, _ = D.gaussian_blur(x, 1.0)
+    assert psnr(B.wiener_deconvolve(y0, D.gaussian_kernel(1.0), 1e-5), x) > psnr(y0, x) + 8
+
+
+def test_dark_channel_prior_dehazes() -> None:
+    x = photo(2, 128) * 0.8  # DCP assumes dark pixels in haze-free patches
+    hazy = D.quantize8(D.haze(x, np.random.default_rng(0), beta=1.6, airlight=0.9, depth="vertical"))
+    out = B.dehaze_dcp(hazy)
+    assert psnr(out, x) > psnr(hazy, x) + 3
+    a = B.estimate_airlight(hazy, B.dark_channel(hazy))
+    assert np.all(np.abs(a - 0.9) < 0.15)
+
+
+def test_rows_cover_every_expert_and_targets_read_them() -> None:
+    assert {r.expert for r in EVAL_ROWS} == set(D.EXPERTS)
+    assert [r.name for r in MIXED_ROWS] == ["haze+noise", "blur+jpeg"]
+    rows = [{"row": "jpeg q10", "input": {"psnr": 30.0}, "model": {"psnr": 32.5}},
+            {"row": "noise σ25", "input": {"psnr": 20.0}, "model": {"psnr": 31.0},
+             "baseline": {"name": "CBM3D", "psnr": 31.0}}]
+    t = {x["target"]: x for x in targets(rows, {"top1": 0.96})}
+    assert t["jpeg q10: model − input"]["met"] is True
+    assert t["noise σ25: model − CBM3D"]["met"] is False  # 0 dB < 0.3 dB
+    assert t["noise σ15: model − CBM3D"]["met"] is None  # not measured
+    assert t["router top-1 accuracy"]["met"] is True
+
+
+def run_eval(model: Path, data: Path, out: Path, *extra: str) -> dict:
+    rc = main(["eval", "--model", str(model), "--data", str(data), "--split", "all", "--crop", "64",
+               "--out", str(out), "--threads", "1", "--device", "cpu", *extra])
+    assert rc == 0
+    return json.loads((out / "eval.json").read_text())
+
+
+def test_eval_cli_quick(small_model_path: Path, photo_folder: Path, tmp_path: Path,
+                        capsys: pytest.CaptureFixture[str]) -> None:
+    report = run_eval(small_model_path, photo_folder, tmp_path / "ev", "--quick")
+    printed = capsys.readouterr().out
+    assert "| noise σ25 |" in printed and "router top-1" in printed.lower()
+    assert (tmp_path / "ev" / "eval.md").read_text().startswith("## ")
+    assert len(report["data"]["images"]) == 3
+    assert [r["row"] for r in report["rows"]] == [r.name for r in EVAL_ROWS + MIXED_ROWS]
+    for r in report["rows"]:
+        assert r["n"] == 3 and 0 < r["input"]["ssim"] <= 1 and np.isfinite(r["model"]["psnr"])
+        assert sum(r["routed"].values()) == 3 and "baseline" not in r
+    router = report["router"]
+    assert router["n"] == 3 * 2 * 6 and np.array(router["confusion"]).sum() == router["n"]
+    assert 0 <= router["top1"] <= 1
+    assert report["model"]["sha256"] and report["hardware"]["cores"] >= 1
+
+
+def test_eval_cli_baselines(small_model_path: Path, photo_folder: Path, tmp_path: Path) -> None:
+    report = run_eval(small_model_path, photo_folder, tmp_path / "ev", "--images", "1", "--baselines",
+                      "--router-crops", "1")
+    by = {r["row"]: r for r in report["rows"]}
+    assert by["noise σ15"]["baseline"]["name"] == "CBM3D"
+    assert by["blur σ2"]["baseline"]["name"] == "Wiener" and by["haze"]["baseline"]["name"] == "DCP"
+    assert "baseline" not in by["rain"] and "baseline" not in by["jpeg q10"]
+    # the baselines really restore (the random test model need not)
+    for row in ("noise σ25", "noise σ50", "blur σ2"):
+        assert by[row]["baseline"]["psnr"] > by[row]["input"]["psnr"] + 1, row
+    t = {x["target"]: x for x in report["targets"]}
+    assert t["noise σ25: model − CBM3D"]["value"] is not None
