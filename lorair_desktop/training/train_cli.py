@@ -21,9 +21,9 @@ log = logging.getLogger(__name__)
 
 # Per-stage defaults for the compact preset on a laptop-class budget (override on the command line).
 STAGE_DEFAULTS = {
-    "router": {"steps": 800, "batch": 16, "lr": 1e-3, "context": 256},
-    "base": {"steps": 4000, "batch": 8, "lr": 1e-3, "context": 256},
-    "experts": {"steps": 2000, "batch": 8, "lr": 5e-4, "context": 256},
+    "router": {"steps": 2000, "batch": 16, "lr": 1e-3, "context": 256},
+    "base": {"steps": 3000, "batch": 8, "lr": 1e-3, "context": 256},
+    "experts": {"steps": 1500, "batch": 8, "lr": 5e-4, "context": 256},
 }
 MINUTE_SHARE = {"router": 0.15, "base": 0.5, "experts": 0.35}
 
