@@ -29,6 +29,7 @@ SUBCOMMANDS: dict[str, str] = {
     "eval": "lorair_desktop.training.eval_cli",
     "data": "lorair_desktop.training.data_cli",
     "bench": "lorair_desktop.bench",
+    "import-official": "lorair_desktop.models_cli",
 }
 
 HELP = {
@@ -38,6 +39,7 @@ HELP = {
     "eval": "evaluate a model per degradation; writes JSON and Markdown",
     "data": "fetch the offline training photos and show the manifest",
     "bench": "speed and memory benchmarks",
+    "import-official": "convert the paper's released LoRA-IR weights (.pth) into a model",
 }
 
 
@@ -91,25 +93,33 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .core.checkpoint import DEFAULT_MODEL, list_models
+    if args.action == "fetch":
+        from .models_cli import run_fetch
+
+        return run_fetch(args)
+    from .core.checkpoint import DEFAULT_MODEL, list_models, read_sources
 
     rows = []
+    fetchable = read_sources()
     for e in list_models():
         size = e.weights.stat().st_size if e.weights else 0
         rows.append({"name": e.name, "default": e.name == DEFAULT_MODEL, "experts": list(e.config.experts),
                      "weights": str(e.weights) if e.weights else None, "size_mb": round(size / 2**20, 2),
-                     "description": e.config.description})
+                     "description": e.config.description, "fetchable": e.name in fetchable})
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     for r in rows:
         status = f"{r['weights']} ({r['size_mb']} MB)" if r["weights"] else "no trained weights installed"
+        if not r["weights"] and r["fetchable"]:
+            status = f"not installed; get the released weights with `lorair models fetch {r['name']}`"
         print(f"{r['name']}{' (default)' if r['default'] else ''}: {r['description']}")
         print(f"  experts: {', '.join(r['experts'])}\n  weights: {status}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import models_cli
     from .core.checkpoint import DEFAULT_MODEL
 
     p = argparse.ArgumentParser(prog="lorair", description="LoRA-IR Desktop: all-in-one image restoration")
@@ -141,8 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=cmd_analyze)
 
-    m = sub.add_parser("models", help="list model presets, their experts and weights")
+    m = sub.add_parser("models", help="list model presets, their experts and weights; fetch released weights")
     m.add_argument("--json", action="store_true")
+    models_cli.add_fetch_arguments(m)  # `lorair models fetch NAME`
     m.set_defaults(func=cmd_models)
 
     for name, module in SUBCOMMANDS.items():

@@ -30,15 +30,23 @@ def manifest_path() -> Path:
     return weights_dir() / "manifest.json"
 
 
-def read_manifest() -> dict[str, dict]:
+def _read_manifest_file() -> dict:
     path = manifest_path()
     if not path.is_file():
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"weights manifest {path} is not valid JSON: {exc}") from exc
-    return data.get("models", {})
+
+
+def read_manifest() -> dict[str, dict]:
+    return _read_manifest_file().get("models", {})
+
+
+def read_sources() -> dict[str, dict]:
+    """Downloadable models: name -> {"files": {role: {"url", "sha256", ...}}, ...} (see core.download)."""
+    return _read_manifest_file().get("sources", {})
 
 
 def sha256_file(path: Path) -> str:
@@ -156,10 +164,10 @@ def resolve_model(name_or_path: str | Path, must_have_weights: bool = True) -> M
     if weights is not None and not weights.is_file():
         weights = None
     if weights is None and must_have_weights:
-        raise ModelNotTrained(
-            f"model '{name}' has no trained weights installed, so it would only produce noise",
-            f"train it with `lorair train --preset {name}` or pass a checkpoint path with --model",
-        )
+        hint = f"train it with `lorair train --preset {name}` or pass a checkpoint path with --model"
+        if name in read_sources():  # released weights exist: fetching beats training
+            hint = f"download it with `lorair models fetch {name}` or convert the files with `lorair import-official`"
+        raise ModelNotTrained(f"model '{name}' has no trained weights installed, so it would only produce noise", hint)
     return ModelEntry(name, cfg, weights, entry.get("sha256") if entry else None)
 
 

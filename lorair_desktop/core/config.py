@@ -60,6 +60,7 @@ class RouterConfig:
     clip_model: str = "lorair-tiny-vit"  # open_clip architecture name (custom ones live in clip/)
     image_size: int = 128  # side of each view fed to the tower
     views: str = "native"  # "paper": image resized to 2S and cut in 4; "native": 4 S-crops at full res
+    resample: str = "bilinear"  # view resizing filter; "bicubic" matches the official (PIL) preprocessing
     head_hidden: int = 256
     pretrained: str | None = None  # open_clip pretrained tag or local file (then tower frozen)
     freeze_tower: bool = False
@@ -88,6 +89,8 @@ class ModelConfig:
             raise ConfigError(f"lora.top_k={self.lora.top_k} must lie in 1..{len(self.experts)}")
         if self.router.views not in ("paper", "native"):
             raise ConfigError(f"router.views={self.router.views!r} is not valid", "use 'paper' or 'native'")
+        if self.router.resample not in ("bilinear", "bicubic"):
+            raise ConfigError(f"router.resample={self.router.resample!r} is not valid", "use 'bilinear' or 'bicubic'")
         if self.net.width % 2 or self.net.width < 4:
             raise ConfigError(f"net.width={self.net.width} must be an even number >= 4")
         if len(self.net.enc_blocks) != len(self.net.dec_blocks):

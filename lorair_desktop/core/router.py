@@ -47,21 +47,32 @@ def build_tower(name: str, pretrained: str | None = None) -> tuple[nn.Module, in
         raise ConfigError(f"unknown open_clip architecture '{name}'", "see open_clip.list_models()")
     root = logging.getLogger()
     root.addFilter(_no_random_init_warning)  # building without weights is expected: weights load next
+    # open_clip moves the model to `device` (cpu by default), which fails on meta tensors: pass the
+    # current default device so `with torch.device("meta")` can list a full-size model's keys for free.
+    device = torch.get_default_device()
     try:
         if pretrained and Path(pretrained).is_file():
-            model = open_clip.create_model(name, pretrained=str(pretrained), weights_only=True)
+            model = open_clip.create_model(name, pretrained=str(pretrained), weights_only=True, device=device)
         else:
-            model = open_clip.create_model(name, pretrained=pretrained)
+            model = open_clip.create_model(name, pretrained=pretrained, device=device)
     finally:
         root.removeFilter(_no_random_init_warning)
     cfg = open_clip.get_model_config(name)
     return model.visual, int(cfg["embed_dim"])
 
 
-def make_views(image: Tensor, size: int, mode: str) -> Tensor:
-    """(B, 3, H, W) -> (B, 5, 3, S, S): global view first, then the four high-resolution views."""
+def make_views(image: Tensor, size: int, mode: str, resample: str = "bilinear") -> Tensor:
+    """(B, 3, H, W) -> (B, 5, 3, S, S): global view first, then the four high-resolution views.
+
+    `resample` "bicubic" (antialiased, clamped to [0, 1]) follows the official router's PIL resizes.
+    """
     h, w = image.shape[-2:]
-    glob = F.interpolate(image, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+    def resize(x: Tensor, side: int) -> Tensor:
+        y = F.interpolate(x, size=(side, side), mode=resample, antialias=True, align_corners=False)
+        return y.clamp(0.0, 1.0) if resample == "bicubic" else y
+
+    glob = resize(image, size)
     if mode == "native" and min(h, w) >= 2 * size:
         tiles = []
         for cy in (h // 4, 3 * h // 4):
@@ -70,7 +81,7 @@ def make_views(image: Tensor, size: int, mode: str) -> Tensor:
                 x0 = min(max(cx - size // 2, 0), w - size)
                 tiles.append(image[:, :, y0 : y0 + size, x0 : x0 + size])
     else:
-        big = F.interpolate(image, size=(2 * size, 2 * size), mode="bilinear", antialias=True, align_corners=False)
+        big = resize(image, 2 * size)
         tiles = [big[:, :, i * size : (i + 1) * size, j * size : (j + 1) * size] for i in (0, 1) for j in (0, 1)]
     return torch.stack([glob, *tiles], dim=1)
 
@@ -87,6 +98,7 @@ class DGRouter(nn.Module):
         rc = cfg.router
         self.size = rc.image_size
         self.views = rc.views
+        self.resample = rc.resample
         self.tower, dim = build_tower(rc.clip_model, rc.pretrained)
         self.head = nn.Sequential(
             nn.Linear(2 * dim, rc.head_hidden),
@@ -101,7 +113,7 @@ class DGRouter(nn.Module):
             self.tower.requires_grad_(False)
 
     def forward(self, image: Tensor) -> RouterOutput:
-        views = make_views(image.float(), self.size, self.views)  # (B, 5, 3, S, S)
+        views = make_views(image.float(), self.size, self.views, self.resample)  # (B, 5, 3, S, S)
         b = views.shape[0]
         x = (views.flatten(0, 1) - self.mean) / self.std
         emb = self.tower(x).reshape(b, 5, -1)
