@@ -12,14 +12,16 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 import torch
 
 from .device import inference_dtype, select_device
 from .errors import Cancelled, ImageError
 from .model import LoRAIR
+from .router import quadrant_boxes
 from .routing import apply_overrides
-from .tiling import blend_weight, plan_tiles
+from .tiling import plan_tiles, tile_profiles
 
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
@@ -54,15 +56,54 @@ class RestoreResult:
     dtype: str
 
 
+PIXEL_DTYPES = (np.float32, np.uint8, np.uint16)
+ROUTER_SHRINK = 1024  # huge images reach the router as an area-reduced copy with this long side
+
+
 def check_image(image: np.ndarray) -> np.ndarray:
+    """Validate an (H, W, 3) float32 / uint8 / uint16 array without copying it (views are fine)."""
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
         raise ImageError(f"expected an RGB array (H, W, 3), got shape {getattr(image, 'shape', None)}")
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise ImageError("the image is empty (zero width or height)")
-    img = image.astype(np.float32, copy=False)
-    if not np.isfinite(img).all():
-        raise ImageError("the image holds NaN or infinite values", "clamp or fix the float pixels first")
-    return np.clip(img, 0.0, 1.0)
+    if image.dtype not in PIXEL_DTYPES:
+        if not np.issubdtype(image.dtype, np.floating):
+            raise ImageError(f"unsupported pixel type {image.dtype}", "use float32 in [0, 1], uint8 or uint16")
+        image = image.astype(np.float32)
+    if image.dtype == np.float32:
+        for rows in range(0, image.shape[0], 512):  # chunked: no full-size temporary for the check
+            if not np.isfinite(image[rows : rows + 512]).all():
+                raise ImageError("the image holds NaN or infinite values", "clamp or fix the float pixels first")
+    return image
+
+
+def to_float(block: np.ndarray) -> np.ndarray:
+    """A block of pixels as float32 in [0, 1] (a copy only where a conversion is needed)."""
+    if block.dtype == np.uint8:
+        return block.astype(np.float32) * (1.0 / 255.0)
+    if block.dtype == np.uint16:
+        return block.astype(np.float32) * (1.0 / 65535.0)
+    return np.clip(block, 0.0, 1.0, dtype=np.float32)
+
+
+def from_float(block: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if dtype == np.uint8:
+        return (block * 255.0 + 0.5).astype(np.uint8)
+    if dtype == np.uint16:
+        return (block * 65535.0 + 0.5).astype(np.uint16)
+    return block
+
+
+def padded_block(img: np.ndarray, y0: int, x0: int, th: int, tw: int) -> np.ndarray:
+    """img[y0:y0+th, x0:x0+tw] as float, reflect-padded past the bottom/right edge exactly as a
+    whole-image run pads to the network's multiple (so border tiles match it)."""
+    h, w = img.shape[:2]
+    block = to_float(img[y0 : min(y0 + th, h), x0 : min(x0 + tw, w)])
+    ph, pw = y0 + th - min(y0 + th, h), x0 + tw - min(x0 + tw, w)
+    if ph or pw:
+        mode = "reflect" if block.shape[0] > ph and block.shape[1] > pw else "edge"
+        block = np.pad(block, ((0, ph), (0, pw), (0, 0)), mode=mode)
+    return block
 
 
 class Restorer:
@@ -92,10 +133,26 @@ class Restorer:
     def _to_tensor(self, image: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None].to(self.device)
 
+    def _router_input(self, img: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The image for the global/paper views and, for huge images, the native crops cut from it."""
+        h, w = img.shape[:2]
+        rc = self.model.cfg.router
+        if max(h, w) <= 2 * ROUTER_SHRINK:
+            return self._to_tensor(to_float(img)), None
+        scale = ROUTER_SHRINK / max(h, w)
+        small = cv2.resize(to_float(img) if img.dtype != np.float32 else img,
+                           (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        crops = None
+        if rc.views == "native":
+            s = rc.image_size
+            crops = torch.stack([self._to_tensor(to_float(img[y0 : y0 + s, x0 : x0 + s]))[0]
+                                 for y0, x0 in quadrant_boxes(h, w, s)])[None]
+        return self._to_tensor(np.clip(small, 0, 1)), crops
+
     @torch.inference_mode()
     def analyze(self, image: np.ndarray) -> Analysis:
         img = check_image(image)
-        out = self.model.route(self._to_tensor(img))
+        out = self.model.router(*self._router_input(img))
         weights = self.model.router_weights(out.logits)[0]
         return Analysis(self.experts, weights.cpu().tolist(), out.logits[0].cpu().tolist(), out.prior)
 
@@ -129,7 +186,10 @@ class Restorer:
         progress: ProgressFn | None = None,
         cancel: CancelFn | None = None,
         merged: bool = True,
+        out_dtype: np.dtype | type | None = None,
     ) -> RestoreResult:
+        """Restore an (H, W, 3) float32 [0, 1] / uint8 / uint16 image. The result is float32 unless
+        `out_dtype` asks for uint8/uint16; huge images stream through tiles with bounded memory."""
         img = check_image(image)
         h, w = img.shape[:2]
         with self._lock:
@@ -144,7 +204,8 @@ class Restorer:
                 self.model.set_reference_mix(weights)
             try:
                 tile_size = tile or self.auto_tile(h, w)
-                out, n, used = self._run_tiles(img, analysis.prior, tile_size, overlap, progress, cancel)
+                out, n, used = self._run_tiles(img, analysis.prior, tile_size, overlap, progress, cancel,
+                                               np.dtype(out_dtype or np.float32))
             finally:
                 self.model.unmerge()
             t2 = time.perf_counter()
@@ -166,44 +227,47 @@ class Restorer:
         with torch.autocast(self.device.type, dtype=dtype):
             return self.model.net(x, prior).float()
 
-    def _run_tiles(self, img, prior, tile, overlap, progress, cancel):  # type: ignore[no-untyped-def]
-        # Pad once to the network's multiple (as a whole-image run does), so border tiles see the
-        # same reflected context and need no padding of their own; crop back at the end.
+    def _run_tiles(self, img, prior, tile, overlap, progress, cancel, out_dtype):  # type: ignore[no-untyped-def]
+        """Stream tiles band by band. Blend weights are separable (w = wy * wx) and every band has the
+        same columns, so each band is blended across its columns first, then bands are blended
+        down the rows straight into the output: no full-size accumulator exists."""
         m = self.model.cfg.pad_multiple
         h0, w0 = img.shape[:2]
-        ph, pw = (m - h0 % m) % m, (m - w0 % m) % m
-        if ph or pw:
-            mode = "reflect" if min(h0, w0) > max(ph, pw) else "edge"
-            img = np.pad(img, ((0, ph), (0, pw), (0, 0)), mode=mode)
+        hp, wp = -(-h0 // m) * m, -(-w0 // m) * m  # padded size, as a whole-image run sees it
         tile = max(m, tile // m * m)
-        h, w = img.shape[:2]
+        ov = 0 if (hp <= tile and wp <= tile) else min(overlap, tile // 2 - 1)
+        tiles = plan_tiles(hp, wp, max(hp, wp) if ov == 0 else tile, ov)
+        bands: dict[int, list] = {}
+        for t in tiles:
+            bands.setdefault(t.y0, []).append(t)
+        out = np.zeros((h0, w0, 3), np.float32)
+        wy_sum = np.zeros(h0, np.float32)
         dtype = self.dtype
-        if h <= tile and w <= tile:
-            tiles = plan_tiles(h, w, max(h, w), 0)
-        else:
-            tiles = plan_tiles(h, w, tile, min(overlap, tile // 2 - 1))
-        single = len(tiles) == 1
-        acc = None if single else np.zeros((h, w, 3), np.float32)
-        wsum = None if single else np.zeros((h, w, 1), np.float32)
-        result = None
-        for i, t in enumerate(tiles):
-            if cancel is not None and cancel():
-                raise Cancelled("the restore was cancelled", "")
-            crop = img[t.y0 : t.y0 + t.h, t.x0 : t.x0 + t.w]
-            x = self._to_tensor(crop)
-            y = self._forward(x, prior, dtype)
-            if not torch.isfinite(y).all() and dtype != torch.float32:
-                dtype = torch.float32  # reduced precision overflowed: redo in fp32 from here on
+        done = 0
+        for y0, row in sorted(bands.items()):
+            th = row[0].h
+            band = np.zeros((th, wp, 3), np.float32)
+            wx_sum = np.zeros(wp, np.float32)
+            for t in row:
+                if cancel is not None and cancel():
+                    raise Cancelled("the restore was cancelled", "")
+                x = self._to_tensor(padded_block(img, t.y0, t.x0, t.h, t.w))
                 y = self._forward(x, prior, dtype)
-            pred = y[0].clamp_(0, 1).permute(1, 2, 0).cpu().numpy()
-            if single:
-                result = pred
-            else:
-                bw = blend_weight(t, h, w, min(overlap, tile // 2 - 1))[..., None]
-                acc[t.y0 : t.y0 + t.h, t.x0 : t.x0 + t.w] += pred * bw
-                wsum[t.y0 : t.y0 + t.h, t.x0 : t.x0 + t.w] += bw
-            if progress is not None:
-                progress(i + 1, len(tiles))
-        if not single:
-            result = acc / np.maximum(wsum, 1e-8)
-        return np.ascontiguousarray(result[:h0, :w0], dtype=np.float32), len(tiles), dtype
+                if not torch.isfinite(y).all() and dtype != torch.float32:
+                    dtype = torch.float32  # reduced precision overflowed: redo in fp32 from here on
+                    y = self._forward(x, prior, dtype)
+                pred = y[0].clamp_(0, 1).permute(1, 2, 0).cpu().numpy()
+                wx = tile_profiles(t, hp, wp, ov)[1]
+                band[:, t.x0 : t.x0 + t.w] += pred * wx[None, :, None]
+                wx_sum[t.x0 : t.x0 + t.w] += wx
+                done += 1
+                if progress is not None:
+                    progress(done, len(tiles))
+            band /= np.maximum(wx_sum, 1e-8)[None, :, None]
+            wy = tile_profiles(row[0], hp, wp, ov)[0]
+            rows = min(th, h0 - y0)
+            out[y0 : y0 + rows] += band[:rows, :w0] * wy[:rows, None, None]
+            wy_sum[y0 : y0 + rows] += wy[:rows]
+        out /= np.maximum(wy_sum, 1e-8)[:, None, None]
+        return from_float(out, out_dtype), len(tiles), dtype
+

@@ -61,10 +61,22 @@ def build_tower(name: str, pretrained: str | None = None) -> tuple[nn.Module, in
     return model.visual, int(cfg["embed_dim"])
 
 
-def make_views(image: Tensor, size: int, mode: str, resample: str = "bilinear") -> Tensor:
+def quadrant_boxes(h: int, w: int, size: int) -> list[tuple[int, int]]:
+    """Top-left corners of the four native-resolution views: S crops centred in each quadrant."""
+    boxes = []
+    for cy in (h // 4, 3 * h // 4):
+        for cx in (w // 4, 3 * w // 4):
+            boxes.append((min(max(cy - size // 2, 0), h - size), min(max(cx - size // 2, 0), w - size)))
+    return boxes
+
+
+def make_views(image: Tensor, size: int, mode: str, resample: str = "bilinear",
+               native_crops: Tensor | None = None) -> Tensor:
     """(B, 3, H, W) -> (B, 5, 3, S, S): global view first, then the four high-resolution views.
 
     `resample` "bicubic" (antialiased, clamped to [0, 1]) follows the official router's PIL resizes.
+    `native_crops` (B, 4, 3, S, S): the native views cut by the caller from a full-resolution image
+    when `image` is a reduced copy (so a huge photo never has to exist as one float tensor).
     """
     h, w = image.shape[-2:]
 
@@ -73,13 +85,10 @@ def make_views(image: Tensor, size: int, mode: str, resample: str = "bilinear") 
         return y.clamp(0.0, 1.0) if resample == "bicubic" else y
 
     glob = resize(image, size)
-    if mode == "native" and min(h, w) >= 2 * size:
-        tiles = []
-        for cy in (h // 4, 3 * h // 4):
-            for cx in (w // 4, 3 * w // 4):
-                y0 = min(max(cy - size // 2, 0), h - size)
-                x0 = min(max(cx - size // 2, 0), w - size)
-                tiles.append(image[:, :, y0 : y0 + size, x0 : x0 + size])
+    if mode == "native" and native_crops is not None:
+        tiles = list(native_crops.unbind(1))
+    elif mode == "native" and min(h, w) >= 2 * size:
+        tiles = [image[:, :, y0 : y0 + size, x0 : x0 + size] for y0, x0 in quadrant_boxes(h, w, size)]
     else:
         big = resize(image, 2 * size)
         tiles = [big[:, :, i * size : (i + 1) * size, j * size : (j + 1) * size] for i in (0, 1) for j in (0, 1)]
@@ -112,8 +121,8 @@ class DGRouter(nn.Module):
         if rc.freeze_tower or rc.pretrained:
             self.tower.requires_grad_(False)
 
-    def forward(self, image: Tensor) -> RouterOutput:
-        views = make_views(image.float(), self.size, self.views, self.resample)  # (B, 5, 3, S, S)
+    def forward(self, image: Tensor, native_crops: Tensor | None = None) -> RouterOutput:
+        views = make_views(image.float(), self.size, self.views, self.resample, native_crops)  # (B, 5, 3, S, S)
         b = views.shape[0]
         x = (views.flatten(0, 1) - self.mean) / self.std
         emb = self.tower(x).reshape(b, 5, -1)

@@ -55,8 +55,13 @@ def _ramp(n: int, overlap: int, lead: bool, trail: bool) -> np.ndarray:
     return r
 
 
-def blend_weight(t: Tile, height: int, width: int, overlap: int) -> np.ndarray:
-    """(h, w) weights; sides touching the image border are not faded."""
+def tile_profiles(t: Tile, height: int, width: int, overlap: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column weights of a tile; its blend weight is their outer product (separable)."""
     wy = _ramp(t.h, overlap, t.y0 > 0, t.y0 + t.h < height)
     wx = _ramp(t.w, overlap, t.x0 > 0, t.x0 + t.w < width)
-    return np.outer(wy, wx)
+    return wy, wx
+
+
+def blend_weight(t: Tile, height: int, width: int, overlap: int) -> np.ndarray:
+    """(h, w) weights; sides touching the image border are not faded."""
+    return np.outer(*tile_profiles(t, height, width, overlap))

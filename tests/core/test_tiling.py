@@ -69,3 +69,29 @@ def test_odd_sizes_and_tiny_images(small_model) -> None:
     for h, w in [(1, 1), (7, 33), (17, 5)]:
         out = r.restore(np.random.default_rng(0).random((h, w, 3), dtype=np.float32))
         assert out.image.shape == (h, w, 3) and np.isfinite(out.image).all()
+
+
+def test_integer_inputs_and_outputs_match_the_float_path(small_model) -> None:  # noqa: ANN001
+    r = Restorer(small_model, "cpu")
+    u8 = (_image(64, 80) * 255 + 0.5).astype(np.uint8)
+    ref = r.restore(u8.astype(np.float32) / 255, tile=48, overlap=16)
+    out8 = r.restore(u8, tile=48, overlap=16, out_dtype=np.uint8)
+    assert out8.image.dtype == np.uint8
+    assert np.abs(out8.image.astype(np.float32) - ref.image * 255).max() <= 0.5 + 1e-3
+    u16 = u8.astype(np.uint16) * 257
+    out16 = r.restore(u16, tile=48, overlap=16, out_dtype=np.uint16)
+    assert np.abs(out16.image.astype(np.float32) / 65535 - ref.image).max() < 1e-4
+    rgba = np.dstack([u8, np.full(u8.shape[:2], 7, np.uint8)])
+    view = r.restore(rgba[..., :3], tile=48, overlap=16, out_dtype=np.uint8)  # a strided view, no copy needed
+    assert np.array_equal(view.image, out8.image)
+
+
+def test_huge_image_router_path_agrees_with_the_direct_one(small_model, monkeypatch) -> None:  # noqa: ANN001
+    import lorair_desktop.core.inference as inf
+
+    r = Restorer(small_model, "cpu")
+    img = _image(400, 600)
+    direct = r.analyze(img)
+    monkeypatch.setattr(inf, "ROUTER_SHRINK", 150)  # force the reduced-copy + native-crops path
+    reduced = r.analyze(img)
+    assert np.abs(np.array(direct.logits) - np.array(reduced.logits)).max() < 0.05
