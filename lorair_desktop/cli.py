@@ -64,7 +64,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     res = restorer.restore(img.rgb, overrides, keep, tile=args.tile, overlap=args.overlap,
                            progress=None if args.quiet else _progress)
-    imageio.write_image(dst, res.image, img.alpha, img.bit_depth, img.icc_profile, quality=args.quality)
+    imageio.write_image(dst, res.image, img.alpha, img.bit_depth, img.icc_profile, quality=args.quality,
+                        exif=img.exif)
     if args.json:
         print(json.dumps({"output": str(dst), "router_weights": res.router_weights,
                           "applied_weights": res.applied_weights, "tiles": res.tiles, "timings": res.timings,

@@ -158,8 +158,11 @@ def write_image(
     bit_depth: int = 8,
     icc_profile: bytes | None = None,
     quality: int = 95,
+    exif: bytes | None = None,
 ) -> None:
-    """Write atomically (temp file + rename), so a failure never leaves a half-written file."""
+    """Write atomically (temp file + rename), so a failure never leaves a half-written file.
+
+    `exif` (as read) is kept on 8-bit outputs with its orientation reset to 1: pixels are upright."""
     path = Path(path)
     fmt = WRITE_FORMATS.get(path.suffix.lower())
     if fmt is None:
@@ -180,6 +183,8 @@ def write_image(
             kw: dict = {}
             if icc_profile:
                 kw["icc_profile"] = icc_profile
+            if exif:
+                kw["exif"] = upright_exif(exif)
             if fmt in ("JPEG", "WEBP"):
                 kw["quality"] = int(quality)
             if fmt == "TIFF":
@@ -188,6 +193,18 @@ def write_image(
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def upright_exif(exif: bytes) -> bytes:
+    """The EXIF block with its orientation tag set to 1 (the pixels were turned upright on read)."""
+    tags = Image.Exif()
+    try:
+        tags.load(exif)
+    except Exception:
+        return b""
+    if 0x0112 in tags:
+        tags[0x0112] = 1
+    return tags.tobytes()
 
 
 def _write_16bit(tmp: Path, fmt: str, a: np.ndarray, icc: bytes | None) -> None:

@@ -84,6 +84,7 @@ def test_jpeg_icc_and_exif_orientation(small_model_path, tmp_path, capsys) -> No
     im = Image.fromarray(_rgb(30, 50))
     exif = im.getexif()
     exif[0x0112] = 6  # rotate 90° clockwise to display
+    exif[0x010F] = "LoRA-IR test camera"  # Make: other tags survive the restore
     src, dst = tmp_path / "p.jpg", tmp_path / "p_out.jpg"
     im.save(src, quality=90, icc_profile=icc, exif=exif.tobytes())
     assert _run(["restore", str(src), "-o", str(dst), "--model", str(small_model_path), "-q"], capsys)[0] == 0
@@ -91,6 +92,15 @@ def test_jpeg_icc_and_exif_orientation(small_model_path, tmp_path, capsys) -> No
     assert out.size == (30, 50)  # upright: width and height swapped by the orientation
     assert out.info.get("icc_profile") == icc
     assert out.getexif().get(0x0112, 1) == 1
+    assert out.getexif().get(0x010F) == "LoRA-IR test camera"
+
+
+def test_png_regression_read_after_exif_probe(tmp_path) -> None:
+    # Pillow closes the PNG's file handle once the EXIF is probed: the 16-bit check must not need it.
+    p = tmp_path / "x.png"
+    Image.fromarray(_rgb()).save(p)
+    img = imageio.read_image(p)
+    assert img.bit_depth == 8 and img.rgb.shape == (40, 56, 3)
 
 
 def test_webp_and_palette_input(small_model_path, tmp_path, capsys) -> None:
