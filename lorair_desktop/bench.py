@@ -160,7 +160,7 @@ from lorair_desktop.core import Restorer
 model, _ = _load(sys.argv[1] or None)
 side_h, side_w = 4000, 6000
 # 8-bit pixels, as a decoded photo or a host's layer arrives; the result comes back 8-bit too.
-img = (np.random.default_rng(0).random((side_h, side_w, 3), dtype=np.float32) * 255).astype(np.uint8)
+img = np.random.default_rng(0).integers(0, 256, (side_h, side_w, 3), dtype=np.uint8)
 r = Restorer(model, device=sys.argv[2])
 t0 = time.perf_counter(); out = r.restore(img, out_dtype=np.uint8); dt = time.perf_counter() - t0
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, dt, out.tiles, out.tile_size)

@@ -140,14 +140,15 @@ class Restorer:
         if max(h, w) <= 2 * ROUTER_SHRINK:
             return self._to_tensor(to_float(img)), None
         scale = ROUTER_SHRINK / max(h, w)
-        small = cv2.resize(to_float(img) if img.dtype != np.float32 else img,
-                           (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        # Area-reduce in the input's own type: a float copy of a huge photo would cost 12 bytes a pixel.
+        small = to_float(cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))),
+                                    interpolation=cv2.INTER_AREA))
         crops = None
         if rc.views == "native":
             s = rc.image_size
             crops = torch.stack([self._to_tensor(to_float(img[y0 : y0 + s, x0 : x0 + s]))[0]
                                  for y0, x0 in quadrant_boxes(h, w, s)])[None]
-        return self._to_tensor(np.clip(small, 0, 1)), crops
+        return self._to_tensor(small), crops
 
     @torch.inference_mode()
     def analyze(self, image: np.ndarray) -> Analysis:
@@ -229,8 +230,8 @@ class Restorer:
 
     def _run_tiles(self, img, prior, tile, overlap, progress, cancel, out_dtype):  # type: ignore[no-untyped-def]
         """Stream tiles band by band. Blend weights are separable (w = wy * wx) and every band has the
-        same columns, so each band is blended across its columns first, then bands are blended
-        down the rows straight into the output: no full-size accumulator exists."""
+        same columns, so each band is blended across its columns first, then bands are blended down
+        the rows; rows are written to the output once final, so only ~one tile-tall float buffer lives."""
         m = self.model.cfg.pad_multiple
         h0, w0 = img.shape[:2]
         hp, wp = -(-h0 // m) * m, -(-w0 // m) * m  # padded size, as a whole-image run sees it
@@ -240,8 +241,10 @@ class Restorer:
         bands: dict[int, list] = {}
         for t in tiles:
             bands.setdefault(t.y0, []).append(t)
-        out = np.zeros((h0, w0, 3), np.float32)
-        wy_sum = np.zeros(h0, np.float32)
+        out = np.empty((h0, w0, 3), out_dtype)
+        acc = np.zeros((0, w0, 3), np.float32)  # rows still awaiting the next band: at most one tile tall
+        wy_sum = np.zeros(0, np.float32)
+        acc_y0 = 0
         dtype = self.dtype
         done = 0
         for y0, row in sorted(bands.items()):
@@ -265,9 +268,18 @@ class Restorer:
                     progress(done, len(tiles))
             band /= np.maximum(wx_sum, 1e-8)[None, :, None]
             wy = tile_profiles(row[0], hp, wp, ov)[0]
+            # Rows above this band are final: no later band reaches them.
+            k = y0 - acc_y0
+            if k > 0:
+                out[acc_y0:y0] = from_float(acc[:k] / np.maximum(wy_sum[:k], 1e-8)[:, None, None], out_dtype)
+                acc, wy_sum, acc_y0 = acc[k:], wy_sum[k:], y0
             rows = min(th, h0 - y0)
-            out[y0 : y0 + rows] += band[:rows, :w0] * wy[:rows, None, None]
-            wy_sum[y0 : y0 + rows] += wy[:rows]
-        out /= np.maximum(wy_sum, 1e-8)[:, None, None]
-        return from_float(out, out_dtype), len(tiles), dtype
+            if rows > acc.shape[0]:
+                grow = rows - acc.shape[0]
+                acc = np.concatenate([acc, np.zeros((grow, w0, 3), np.float32)])
+                wy_sum = np.concatenate([wy_sum, np.zeros(grow, np.float32)])
+            acc[:rows] += band[:rows, :w0] * wy[:rows, None, None]
+            wy_sum[:rows] += wy[:rows]
+        out[acc_y0:] = from_float(acc / np.maximum(wy_sum, 1e-8)[:, None, None], out_dtype)
+        return out, len(tiles), dtype
 

@@ -71,7 +71,7 @@ def test_odd_sizes_and_tiny_images(small_model) -> None:
         assert out.image.shape == (h, w, 3) and np.isfinite(out.image).all()
 
 
-def test_integer_inputs_and_outputs_match_the_float_path(small_model) -> None:  # noqa: ANN001
+def test_integer_inputs_and_outputs_match_the_float_path(small_model) -> None:
     r = Restorer(small_model, "cpu")
     u8 = (_image(64, 80) * 255 + 0.5).astype(np.uint8)
     ref = r.restore(u8.astype(np.float32) / 255, tile=48, overlap=16)
@@ -86,7 +86,7 @@ def test_integer_inputs_and_outputs_match_the_float_path(small_model) -> None:  
     assert np.array_equal(view.image, out8.image)
 
 
-def test_huge_image_router_path_agrees_with_the_direct_one(small_model, monkeypatch) -> None:  # noqa: ANN001
+def test_huge_image_router_path_agrees_with_the_direct_one(small_model, monkeypatch) -> None:
     import lorair_desktop.core.inference as inf
 
     r = Restorer(small_model, "cpu")
