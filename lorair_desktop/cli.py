@@ -119,9 +119,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import models_cli
-    from .core.checkpoint import DEFAULT_MODEL
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    from . import DEFAULT_MODEL, models_cli
 
     p = argparse.ArgumentParser(prog="lorair", description="LoRA-IR Desktop: all-in-one image restoration")
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
@@ -157,21 +156,20 @@ def build_parser() -> argparse.ArgumentParser:
     models_cli.add_fetch_arguments(m)  # `lorair models fetch NAME`
     m.set_defaults(func=cmd_models)
 
+    # Only the chosen subcommand's module is imported: `lorair plugins ...` must not pay for torch.
+    chosen = next((a for a in (argv or []) if a in SUBCOMMANDS), None)
     for name, module in SUBCOMMANDS.items():
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name and module.startswith(exc.name):
-                continue  # that layer is not installed in this build
-            raise
         sp = sub.add_parser(name, help=HELP.get(name))
-        mod.add_arguments(sp)
-        sp.set_defaults(func=mod.run)
+        if name == chosen:
+            mod = importlib.import_module(module)
+            mod.add_arguments(sp)
+            sp.set_defaults(func=mod.run)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return int(args.func(args) or 0)

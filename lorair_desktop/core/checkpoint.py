@@ -14,6 +14,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .. import DEFAULT_MODEL as DEFAULT_MODEL  # re-exported: core users import it from here
 from .config import ModelConfig, config_from_dict, load_config, resources_dir
 from .errors import CheckpointError, ConfigError, ModelNotFound, ModelNotTrained
 from .model import LoRAIR
@@ -179,4 +180,3 @@ def load_model(name_or_path: str | Path) -> LoRAIR:
     return load_checkpoint(entry.weights)
 
 
-DEFAULT_MODEL = "lorair-compact"
