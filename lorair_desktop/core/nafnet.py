@@ -63,8 +63,18 @@ class ChannelPool(nn.Module):
         self.window = window
 
     def forward(self, x: Tensor) -> Tensor:
+        """(B, C, 1, 1) global means, or local means on a grid coarser than x (see NAFBlock)."""
         if self.window is None or self.training:
             return x.mean((-2, -1), keepdim=True)
+        h, w = x.shape[-2:]
+        k = min(self.window, h, w)
+        if k == h and k == w:
+            return x.mean((-2, -1), keepdim=True)
+        # A window this wide varies slowly: average on cells of `step` pixels (>= 16 cells per
+        # window), then box-filter the small grid. ~step² fewer sums than at full resolution.
+        step = max(1, k // 16)
+        if step > 1 and h % step == 0 and w % step == 0:
+            return local_mean(F.avg_pool2d(x, step), (self.window // step, self.window // step))
         return local_mean(x, (self.window, self.window))
 
 
@@ -88,7 +98,11 @@ class NAFBlock(nn.Module):
         x = self.conv2(self.conv1(self.norm1(inp)))  # (B, 2C, H, W)
         a, b = x.chunk(2, dim=1)
         x = a * b  # SimpleGate -> (B, C, H, W)
-        x = x * self.sca(self.pool(x))  # simplified channel attention
+        att = self.sca(self.pool(x))  # simplified channel attention: (B, C, 1, 1) or a coarse TLC grid
+        if att.shape[-1] != 1 and att.shape[-2:] != x.shape[-2:]:
+            # 1x1 conv and bilinear upsampling are both linear per pixel, so the conv runs on the grid.
+            att = F.interpolate(att, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        x = x * att
         y = inp + self.conv3(x) * self.beta
         a, b = self.conv4(self.norm2(y)).chunk(2, dim=1)
         return y + self.conv5(a * b) * self.gamma
