@@ -1,0 +1,66 @@
+"""Layout conversions: exact for untouched pixels, alpha copied, BGRA read backwards, mask blend."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lorair_desktop.bridge import BridgeError, JobHeader
+from lorair_desktop.worker import pixels
+
+LAYOUTS = [(o, s) for o in ("RGBA", "BGRA", "RGB") for s in ("u8", "u16", "f32")]
+
+
+def make(order: str, sample: str, h: int = 5, w: int = 7, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    c = 3 if order == "RGB" else 4
+    if sample == "f32":
+        return rng.random((h, w, c), dtype=np.float32)
+    top = 255 if sample == "u8" else 65535
+    return rng.integers(0, top + 1, (h, w, c)).astype(pixels.DTYPES[sample])
+
+
+@pytest.mark.parametrize(("order", "sample"), LAYOUTS)
+def test_identity_round_trip_is_exact(order: str, sample: str) -> None:
+    src = make(order, sample)
+    arr = pixels.as_array(src.tobytes(), 7, 5, order, sample)
+    rgb = pixels.to_float_rgb(arr, order, sample)
+    assert rgb.dtype == np.float32 and rgb.shape == (5, 7, 3)
+    assert pixels.from_float_rgb(rgb, arr, order, sample) == src.tobytes()
+
+
+def test_bgra_channels_and_alpha() -> None:
+    src = np.array([[[10, 20, 30, 40]]], np.uint8)  # B G R A
+    rgb = pixels.to_float_rgb(src, "BGRA", "u8")
+    np.testing.assert_allclose(rgb[0, 0], np.array([30, 20, 10]) / 255, rtol=1e-6)
+    out = np.frombuffer(pixels.from_float_rgb(np.ones((1, 1, 3), np.float32), src, "BGRA", "u8"), np.uint8)
+    assert out.tolist() == [255, 255, 255, 40]  # alpha untouched
+
+
+@pytest.mark.parametrize(("order", "sample"), LAYOUTS)
+def test_mask_blend(order: str, sample: str) -> None:
+    src = make(order, sample, 2, 3)
+    restored = np.full((2, 3, 3), 0.5, np.float32)
+    mask = np.array([[0, 255, 128], [0, 0, 255]], np.uint8)
+    out = np.frombuffer(pixels.from_float_rgb(restored, src, order, sample, mask), src.dtype).reshape(src.shape)
+    keep = mask == 0
+    assert np.array_equal(out[keep], src[keep])  # unselected pixels: bit-exact input, alpha included
+    top = 1.0 if sample == "f32" else np.iinfo(src.dtype).max
+    full = mask == 255
+    np.testing.assert_allclose(out[full][:, :3].astype(np.float64) / top, 0.5, atol=0.5 / top + 1e-6)
+    if src.shape[2] == 4:
+        assert np.array_equal(out[..., 3], src[..., 3])
+    i = (0, 2)
+    ch = [2, 1, 0] if order == "BGRA" else [0, 1, 2]
+    inp = src[i][ch].astype(np.float64) / top
+    np.testing.assert_allclose(out[i][ch] / top, inp + 128 / 255 * (0.5 - inp), atol=1 / top + 1e-6)
+
+
+def test_nan_and_inf_rejected() -> None:
+    for bad_value in (np.nan, np.inf, -np.inf):
+        a = np.zeros((2, 2, 3), np.float32)
+        a[1, 1, 2] = bad_value
+        with pytest.raises(BridgeError) as ei:
+            pixels.check_finite(a.tobytes(), JobHeader(2, 2, "RGB", "f32"))
+        assert ei.value.code == "bad_pixels" and ei.value.status == 422
+    pixels.check_finite(np.zeros((2, 2, 3), np.float32).tobytes(), JobHeader(2, 2, "RGB", "f32"))
