@@ -15,7 +15,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import open_clip
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -31,6 +30,8 @@ _registered = False
 def _register_custom_towers() -> None:
     """Make the project's own open_clip architectures (resources/model_configs/clip/*.json) known."""
     global _registered
+    import open_clip  # slow to import (~5 s): only when a tower is built, not when the core loads
+
     if not _registered:
         open_clip.add_model_config(resources_dir() / "model_configs" / "clip")
         _registered = True
@@ -43,6 +44,8 @@ def _no_random_init_warning(record: logging.LogRecord) -> bool:
 def build_tower(name: str, pretrained: str | None = None) -> tuple[nn.Module, int]:
     """The vision tower of an open_clip architecture and its embedding size."""
     _register_custom_towers()
+    import open_clip
+
     if name not in open_clip.list_models():
         raise ConfigError(f"unknown open_clip architecture '{name}'", "see open_clip.list_models()")
     root = logging.getLogger()
