@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 STAGE_DEFAULTS = {
     "router": {"steps": 2000, "batch": 16, "lr": 1e-3, "context": 256},
     "base": {"steps": 3000, "batch": 8, "lr": 1e-3, "context": 256},
-    "experts": {"steps": 1500, "batch": 8, "lr": 5e-4, "context": 256},
+    "experts": {"steps": 1000, "batch": 8, "lr": 5e-4, "context": 256},
 }
 MINUTE_SHARE = {"router": 0.15, "base": 0.5, "experts": 0.35}
 
