@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .bridge import PROTOCOL_VERSION, default_start_command
+from .bridge.hostkit import RECORD  # where the vendored bridge looks for it
 from .errors import LoraIRError
 
-RECORD = "install.json"
 _SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", "vendor")
 
 

@@ -18,6 +18,7 @@ RULES = [
                              "lorair_desktop.worker",
                              "lorair_desktop.app"]),
     ("lorair_desktop.bridge", ["numpy", "torch", "PySide6", "PyQt5", "PIL", "cv2", "platformdirs"]),
+    ("lorair_desktop.bridge.hostkit", ["numpy", "torch", "PySide6", "PyQt5", "PIL", "cv2", "platformdirs"]),
     ("lorair_desktop.imageio", ["torch", "PySide6"]),
 ]
 

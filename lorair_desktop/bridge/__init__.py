@@ -1,7 +1,8 @@
 """The bridge between hosts and the worker: the wire protocol and a client. Standard library ONLY.
 
 This package is copied into the Krita and GIMP plugins, which run in their host's own Python; it
-must never import numpy, torch, Qt or anything outside the standard library.
+must never import numpy, torch, Qt or anything outside the standard library. `hostkit` (not imported
+here) is the logic the two plugins share.
 """
 
 from .client import JobRequest, JobResult, WorkerClient, default_start_command

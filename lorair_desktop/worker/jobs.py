@@ -261,21 +261,14 @@ class Scheduler:
     def cancel(self, job_id: str) -> JobStatus:
         job = self.get(job_id)
         with self.cond:
-            if job.state == "queued":
-                self._queue.remove(job)
-                self._finish(job, "cancelled", ErrorInfo(E_CANCELLED, "the job was cancelled", ""))
-            elif job.state == "running":
-                job.cancel.set()
+            self._stop(job, "the job was cancelled")
         return self.status(job)
 
     def delete(self, job_id: str) -> None:
         job = self.get(job_id)
         with self.cond:
-            if job.state == "queued":
-                self._queue.remove(job)
-                self._finish(job, "cancelled", ErrorInfo(E_CANCELLED, "the job was deleted", ""))
+            self._stop(job, "the job was deleted")
             if job.state == "running":
-                job.cancel.set()
                 job.forget = True
             else:
                 self._drop(job)
@@ -303,6 +296,14 @@ class Scheduler:
             return job.result_header, job.result_pixels
 
     # ---- bookkeeping (call with self.cond held) --------------------------------------------
+
+    def _stop(self, job: Job, why: str) -> None:
+        """A queued job ends as cancelled now; a running one is asked to stop (between tiles)."""
+        if job.state == "queued":
+            self._queue.remove(job)
+            self._finish(job, "cancelled", ErrorInfo(E_CANCELLED, why, ""))
+        elif job.state == "running":
+            job.cancel.set()
 
     def _finish(self, job: Job, state: str, error: ErrorInfo | None = None) -> None:
         job.state, job.error, job.finished = state, error, time.monotonic()

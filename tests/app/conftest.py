@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,6 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from .worker_cmd import worker_command
+
+__all__ = ["worker_command"]  # test_session imports it from here
 
 
 @pytest.fixture(scope="session")
@@ -80,21 +83,6 @@ class WorkerEnv:
         from lorair_desktop.bridge import WorkerClient
 
         return WorkerClient.connect(autostart=False, runtime_dir=self.runtime_dir)
-
-
-def worker_command(model: Path, idle_minutes: float = 5) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "lorair_desktop.cli",
-        "worker",
-        "--port",
-        "0",
-        "--model",
-        str(model),
-        "--idle-exit",
-        str(idle_minutes),
-    ]
 
 
 def start_worker(runtime_dir: Path, command: list[str], log_path: Path) -> subprocess.Popen:

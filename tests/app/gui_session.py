@@ -32,6 +32,7 @@ def main() -> int:
 
     from PySide6.QtCore import QCoreApplication, QEventLoop, QPointF
     from PySide6.QtWidgets import QApplication
+    from worker_cmd import worker_command  # next to this script, which Python puts on sys.path
 
     from lorair_desktop.app.main_window import MainWindow
     from lorair_desktop.app.selection import Mode, Shape
@@ -49,18 +50,7 @@ def main() -> int:
     app.setStyle("Fusion")
     tmp = Path(tempfile.mkdtemp(prefix="lorair-gui-"))
     rdir = args.runtime_dir or tmp / "runtime"
-    cmd = [
-        sys.executable,
-        "-m",
-        "lorair_desktop.cli",
-        "worker",
-        "--port",
-        "0",
-        "--model",
-        args.model,
-        "--idle-exit",
-        "1",
-    ]
+    cmd = worker_command(args.model, idle_minutes=1)
     window = MainWindow(
         Settings(path=tmp / "settings.json"), ConnectConfig(start_command=cmd, runtime_dir=rdir), autoconnect=False
     )

@@ -17,7 +17,8 @@ CHECK = """
 import json, sys
 before = set(sys.modules)
 import {mod}
-c = {mod}.WorkerClient, {mod}.JobRequest, {mod}.BridgeError, {mod}.PROTOCOL_VERSION
+import {mod}.hostkit
+c = {mod}.WorkerClient, {mod}.JobRequest, {mod}.BridgeError, {mod}.PROTOCOL_VERSION, {mod}.hostkit.Plugin
 new = sorted(set(sys.modules) - before)
 print(json.dumps(new))
 """
@@ -37,7 +38,7 @@ def test_bridge_imports_only_stdlib_in_fresh_interpreter() -> None:
         cwd=BRIDGE.parents[1],
     )
     new = json.loads(out.stdout)
-    assert "lorair_desktop.bridge.client" in new
+    assert "lorair_desktop.bridge.client" in new and "lorair_desktop.bridge.hostkit" in new
     assert _foreign(new, "lorair_desktop") == []
     assert not [m for m in new if m.startswith("lorair_desktop.") and not m.startswith("lorair_desktop.bridge")]
 
@@ -53,4 +54,5 @@ def test_bridge_works_vendored_under_another_name(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     new = json.loads(out.stdout)
+    assert "vendored_bridge.hostkit" in new
     assert _foreign(new, "vendored_bridge") == []

@@ -1,4 +1,5 @@
-"""Fixtures for the plugin tests: one real worker process on the small model for the whole session."""
+"""Fixtures for the plugin tests: one real worker process on the small model for the whole session,
+and the plugins' plain-Python modules from installed copies."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from lorair_desktop.plugins_install import install
+from lorair_desktop.plugins_install import SPECS, install
 
 from .support import RunningWorker, start_worker, stop_worker
 
@@ -25,34 +26,28 @@ def plugin_worker(small_model_path: Path, tmp_path_factory: pytest.TempPathFacto
         stop_worker(worker)
 
 
-
-
-def _forget(package: str) -> None:
-    for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
-        del sys.modules[name]
+def _installed_module(host: str, folder: Path, module: str) -> Iterator[Any]:
+    """`module` of a copy installed into `folder` (with its vendored bridge, exactly what the host
+    loads), importable while the fixture lasts."""
+    install(host, folder)
+    path = (folder / SPECS[host].package).parent  # where the host finds the package
+    package = module.split(".")[0]
+    sys.path.insert(0, str(path))
+    try:
+        yield importlib.import_module(module)
+    finally:
+        sys.path.remove(str(path))
+        for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
+            del sys.modules[name]
 
 
 @pytest.fixture(scope="module")
 def krita_plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """`lorair_krita.restore` of an installed copy (with its vendored bridge, exactly what Krita
-    loads); outside Krita the package registers nothing."""
-    folder = tmp_path_factory.mktemp("pykrita")
-    install("krita", folder)
-    sys.path.insert(0, str(folder))
-    try:
-        yield importlib.import_module("lorair_krita.restore")
-    finally:
-        sys.path.remove(str(folder))
-        _forget("lorair_krita")
+    """`lorair_krita.restore` of an installed copy; outside Krita the package registers nothing."""
+    yield from _installed_module("krita", tmp_path_factory.mktemp("pykrita"), "lorair_krita.restore")
 
 
 @pytest.fixture(scope="module")
 def gimp_logic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """`lorair_gimp.logic` of an installed copy of the GIMP plug-in (its folder is sys.path[0] in GIMP)."""
-    folder = install("gimp", tmp_path_factory.mktemp("plug-ins"))
-    sys.path.insert(0, str(folder))
-    try:
-        yield importlib.import_module("lorair_gimp.logic")
-    finally:
-        sys.path.remove(str(folder))
-        _forget("lorair_gimp")
+    yield from _installed_module("gimp", tmp_path_factory.mktemp("plug-ins"), "lorair_gimp.logic")

@@ -41,40 +41,6 @@ class FakeClient:
 # ---- plain logic ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, spec", [
-    ("auto", {"mode": "auto"}),
-    ("", {"mode": "auto"}),
-    (" noise=0.8, jpeg=0.3 ", {"mode": "manual", "weights": {"noise": 0.8, "jpeg": 0.3}, "keep_router": False}),
-    ("auto,rain=0", {"mode": "manual", "weights": {"rain": 0.0}, "keep_router": True}),
-])
-def test_parse_experts(gimp_logic: Any, text: str, spec: dict[str, Any]) -> None:
-    assert gimp_logic.parse_experts(text, gimp_logic.load_bridge()).to_dict() == spec
-
-
-@pytest.mark.parametrize("text", ["noise", "noise=lots", "noise=3", "=0.5", "noise=-1"])
-def test_parse_experts_refuses_what_it_cannot_read(gimp_logic: Any, text: str) -> None:
-    with pytest.raises(gimp_logic.PluginError, match="Cannot read the expert weight"):
-        gimp_logic.parse_experts(text, gimp_logic.load_bridge())
-
-
-def test_experts_text_round_trips(gimp_logic: Any) -> None:
-    bridge = gimp_logic.load_bridge()
-    assert gimp_logic.experts_text(True, {"noise": 1.0}) == "auto"
-    text = gimp_logic.experts_text(False, {"noise": 0.8, "blur": 0.0})
-    assert text == "noise=0.80,blur=0.00"
-    assert gimp_logic.parse_experts(text, bridge).weights == {"noise": 0.8, "blur": 0.0}
-
-
-def test_region(gimp_logic: Any) -> None:
-    R = gimp_logic.Rect
-    bounds = R(0, 0, 50, 40)
-    assert gimp_logic.restore_region(bounds, None, 32) == bounds
-    assert gimp_logic.restore_region(bounds, R(10, 10, 5, 5), 4) == R(6, 6, 13, 13)
-    assert gimp_logic.restore_region(bounds, R(0, 30, 50, 10), 8) == R(0, 22, 50, 18)
-    with pytest.raises(gimp_logic.PluginError, match="does not cover"):
-        gimp_logic.restore_region(bounds, R(0, 0, 0, 0), 4)
-
-
 @pytest.mark.parametrize("bits, is_float, alpha, expected", [
     (8, False, True, ("RGBA", "u8", "R'G'B'A u8")),
     (8, False, False, ("RGB", "u8", "R'G'B' u8")),
@@ -88,10 +54,11 @@ def test_pixel_format(gimp_logic: Any, bits: int, is_float: bool, alpha: bool, e
     assert (fmt.order, fmt.sample, fmt.babl) == expected
 
 
-def test_error_text(gimp_logic: Any) -> None:
-    assert gimp_logic.error_text(gimp_logic.PluginError("A.", "B.")) == "A. B."
-    text = gimp_logic.error_text(BridgeError("worker_gone", "the worker stopped", "try again"))
-    assert text == "LoRA-IR: the worker stopped\nHint: try again"
+def test_error_text_names_the_gimp_way_to_drop_the_selection(gimp_logic: Any) -> None:
+    with pytest.raises(gimp_logic.PluginError) as err:
+        gimp_logic.PLUGIN.restore_region(gimp_logic.Rect(0, 0, 9, 9), gimp_logic.Rect(20, 20, 2, 2), 4)
+    assert gimp_logic.error_text(err.value) == ("The selection does not cover any pixel of this layer. Select the "
+                                                "area to restore (Select > None restores the whole layer).")
 
 
 # ---- the host module with a fake GIMP ------------------------------------------------------------
@@ -118,7 +85,7 @@ def scene(**image_kw: Any) -> tuple[fg.Image, fg.Layer]:
 
 
 def use_client(monkeypatch: pytest.MonkeyPatch, gimp_logic: Any, client: FakeClient) -> FakeClient:
-    monkeypatch.setattr(gimp_logic, "connect", lambda bridge, autostart=True: client)
+    monkeypatch.setattr(gimp_logic, "connect", lambda autostart=True: client)
     return client
 
 
@@ -145,7 +112,9 @@ def test_restore_reads_the_selection_and_adds_one_layer_in_one_undo_group(
     assert (new.x, new.y, new.w, new.h) == (13, 8, 10, 8)
     assert bytes(new.buffer.data) == bytes(255 - b for b in sent)
     assert bytes(layer.buffer.data) == before
-    assert ("update", 0.5) in progress and ("text", "LoRA-IR: tile 1 of 2") in progress and progress[-1] == ("end",)
+    assert ("text", "LoRA-IR: Queued (position 1)…") in progress
+    assert ("update", 0.5) in progress and ("text", "LoRA-IR: Restoring: tile 1 of 2, about 1 s left") in progress
+    assert progress[-1] == ("end",)
 
 
 def test_no_selection_restores_the_whole_layer_without_a_mask(gimp_host: Any, gimp_logic: Any,
@@ -170,7 +139,7 @@ def test_sixteen_bit_images_are_read_and_written_as_u16(gimp_host: Any, gimp_log
 
 @pytest.mark.parametrize("client, words", [
     (FakeClient(fail=BridgeError("worker_start_failed", "cannot start the worker", "set LORAIR_WORKER_CMD")),
-     "cannot start the worker"),
+     "Cannot start the worker. Set LORAIR_WORKER_CMD."),
     (FakeClient(wrong_size=True), "another size"),
 ])
 def test_worker_failures_change_nothing(gimp_host: Any, gimp_logic: Any, monkeypatch: pytest.MonkeyPatch,

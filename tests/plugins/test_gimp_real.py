@@ -140,6 +140,6 @@ def test_missing_worker_is_a_gimp_error_and_leaves_no_layer(gimp_root: Path) -> 
                                                  "LORAIR_WORKER_CMD": "/nonexistent/lorair-worker"}, "missing")
     case = res["worker_missing"]
     assert case["status"] == "execution-error"
-    assert "cannot start the worker with `/nonexistent/lorair-worker`" in case["error"]
-    assert "Hint:" in case["error"]
+    assert "Cannot start the worker with `/nonexistent/lorair-worker`" in case["error"]
+    assert "$LORAIR_WORKER_CMD" in case["error"]  # the hint
     assert [ly["name"] for ly in case["layers"]] == ["Background"] and case["unchanged"] is True

@@ -16,8 +16,6 @@ import pytest
 
 from lorair_desktop.bridge import BridgeError, JobResult, JobStatus, ResultHeader, default_start_command
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 @dataclass
 class FakeHost:
@@ -115,6 +113,14 @@ def run(ctl: Any) -> None:
     assert ctl.wait_idle(10)
 
 
+def start_held(mod: Any) -> tuple[Any, FakeHost, threading.Event]:
+    """A restore started and held by its worker until the returned gate is set."""
+    gate = threading.Event()
+    ctl, host, _client = make(mod, FakeClient(gate=gate))
+    assert ctl.restore()
+    return ctl, host, gate
+
+
 def test_restore_sends_the_selection_with_margin_and_mask_and_adds_one_layer(krita_plugin: Any) -> None:
     ctl, host, client = make(krita_plugin)
     assert ctl.restore()
@@ -176,8 +182,8 @@ def test_wire_layouts(krita_plugin: Any, depth: str, layout: tuple[str, str]) ->
     ({"open_doc": False}, "No image is open"),
     ({"color_model": "CMYKA"}, "colour model is CMYKA"),
     ({"color_model": "GRAYA"}, "colour model is GRAYA"),
-    ({"selection": (5, 5, 0, 0)}, "selection is empty"),
-    ({"selection": (100, 100, 4, 4)}, "selection is empty"),
+    ({"selection": (5, 5, 0, 0)}, "selection does not cover"),
+    ({"selection": (100, 100, 4, 4)}, "selection does not cover"),
 ])
 def test_bad_input_is_a_message_and_nothing_runs(krita_plugin: Any, kw: dict[str, Any], words: str) -> None:
     ctl, host, client = make(krita_plugin, **kw)
@@ -218,9 +224,7 @@ def test_a_result_of_another_size_is_refused(krita_plugin: Any) -> None:
 
 
 def test_a_document_closed_meanwhile_gets_no_layer(krita_plugin: Any) -> None:
-    gate = threading.Event()
-    ctl, host, _client = make(krita_plugin, FakeClient(gate=gate))
-    ctl.restore()
+    ctl, host, gate = start_held(krita_plugin)
     host.open_doc = False
     gate.set()
     run(ctl)
@@ -228,9 +232,7 @@ def test_a_document_closed_meanwhile_gets_no_layer(krita_plugin: Any) -> None:
 
 
 def test_cancel_and_one_job_at_a_time(krita_plugin: Any) -> None:
-    gate = threading.Event()
-    ctl, host, _client = make(krita_plugin, FakeClient(gate=gate))
-    ctl.restore()
+    ctl, host, _gate = start_held(krita_plugin)
     assert ctl.restore() is False and "already running" in host.errors[0][0]
     ctl.cancel()
     run(ctl)
@@ -239,9 +241,7 @@ def test_cancel_and_one_job_at_a_time(krita_plugin: Any) -> None:
 
 
 def test_progress_is_reported_while_running(krita_plugin: Any) -> None:
-    gate = threading.Event()
-    ctl, _host, _client = make(krita_plugin, FakeClient(gate=gate))
-    ctl.restore()
+    ctl, _host, gate = start_held(krita_plugin)
     for _ in range(200):
         if ctl.tick().progress is not None:
             break
@@ -267,45 +267,12 @@ def test_settings_round_trip_and_tolerate_garbage(krita_plugin: Any) -> None:
     assert krita_plugin.Settings.from_json('{"margin": 8}').margin == 8
 
 
-def test_layer_names(krita_plugin: Any) -> None:
-    name = krita_plugin.layer_name
-    assert name({"noise": 0.82, "jpeg": 0.18, "rain": 0.0}) == "LoRA-IR: noise 0.82, jpeg 0.18"
-    assert name({}) == "LoRA-IR: base network"
-    assert name({c: 0.2 for c in "abcde"}) == "LoRA-IR: a 0.20, b 0.20, c 0.20, d 0.20, …"
-
-
-def test_worker_command_comes_from_the_install_record(krita_plugin: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    record = krita_plugin.install_record()
+def test_the_worker_command_comes_from_the_install_record(krita_plugin: Any,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LORAIR_WORKER_CMD", raising=False)
+    record = krita_plugin.hostkit.install_record()  # next to the vendored bridge
     assert record["host"] == "krita" and record["worker_command"] == default_start_command()
-    assert krita_plugin.worker_command(record) == record["worker_command"]
-    monkeypatch.setenv("LORAIR_WORKER_CMD", "my-worker --flag")
-    assert krita_plugin.worker_command(record) is None  # the bridge then reads the variable itself
-    monkeypatch.delenv("LORAIR_WORKER_CMD")
-    with pytest.raises(krita_plugin.PluginError, match="does not know how to start"):
-        krita_plugin.worker_command({})
-
-
-def test_a_plugin_without_its_vendored_bridge_says_how_to_fix_it(tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    import importlib.util
-    import shutil
-    import sys
-
-    pkg = tmp_path / "lorair_krita"
-    shutil.copytree(REPO / "plugins" / "krita" / "lorair_krita", pkg)  # the source tree: no vendor/
-    spec = importlib.util.spec_from_file_location("lorair_krita_novendor", pkg / "__init__.py",
-                                                  submodule_search_locations=[str(pkg)])
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "lorair_krita_novendor", module)
-    spec.loader.exec_module(module)
-    restore = importlib.import_module("lorair_krita_novendor.restore")
-    host = FakeHost(restore)
-    ctl = restore.Controller(host, restore.Settings())
-    assert ctl.restore() is False
-    ((message, hint),) = host.errors
-    assert "bridge module is missing" in message and "lorair plugins install krita" in hint
-    for name in [m for m in sys.modules if m.startswith("lorair_krita_novendor")]:
-        monkeypatch.delitem(sys.modules, name)
+    assert krita_plugin.PLUGIN.worker_command(record) == record["worker_command"]
 
 
 @pytest.fixture

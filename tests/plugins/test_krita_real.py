@@ -166,7 +166,7 @@ def test_the_plugin_starts_the_worker_with_the_recorded_command(krita_run: dict[
 
 
 @pytest.mark.parametrize("case, words", [
-    ("empty_selection", "selection is empty"),
+    ("empty_selection", "selection does not cover"),
     ("unsupported", "colour model is GRAYA"),
     ("worker_missing", "Cannot start the worker"),
 ])

@@ -99,10 +99,28 @@ def test_the_vendored_plugins_import_only_the_standard_library(tmp_path: Path) -
     code = (
         "import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
         "import lorair_krita.restore as r, lorair_gimp.logic as g\n"
-        "assert r.load_bridge().PROTOCOL_VERSION == g.load_bridge().PROTOCOL_VERSION\n"
+        "assert r.hostkit.__name__ == 'lorair_krita.vendor.bridge.hostkit', r.hostkit\n"
+        "assert g.hostkit.__name__ == 'lorair_gimp.vendor.bridge.hostkit', g.hostkit\n"
+        "assert r.hostkit.install_record()['host'] == r.PLUGIN.host == 'krita'\n"
+        "assert g.hostkit.install_record()['host'] == g.PLUGIN.host == 'gimp'\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'torch', 'PySide6', 'lorair_desktop'))\n"
         "assert not bad, bad\n"
     )
     proc = subprocess.run([sys.executable, "-S", "-I", "-c", code, str(tmp_path / "k"),
                            str(tmp_path / "g" / "lorair-restore")], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("folder, package, module", [
+    ("krita", "lorair_krita", "restore"),
+    ("gimp/lorair-restore", "lorair_gimp", "logic"),
+])
+def test_a_plugin_copied_without_its_vendored_bridge_says_how_to_fix_it(tmp_path: Path, folder: str, package: str,
+                                                                        module: str) -> None:
+    """The sources as they are in git, copied by hand: no vendor/ folder."""
+    code = f"import sys; sys.path.insert(0, sys.argv[1])\nimport {package}.{module}\n"
+    proc = subprocess.run([sys.executable, "-B", "-S", "-I", "-c", code, str(REPO / "plugins" / folder)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "bridge module is missing" in proc.stderr
+    assert f"`lorair plugins install {folder.split('/')[0]}`" in proc.stderr

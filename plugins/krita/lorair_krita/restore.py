@@ -3,106 +3,34 @@ and restores that run on a background thread while Krita's UI thread polls them.
 
 `Controller` talks to Krita only through a `Host` (see `host.KritaHost`; tests use a fake one) and to
 the worker only through the vendored bridge. Every Host call happens on the caller's (UI) thread;
-the background threads only do network I/O.
+the background threads only do network I/O. What the GIMP plug-in does alike (region, expert
+weights, layer name, worker, error wording) is the vendored bridge's `hostkit`.
 """
 
 from __future__ import annotations
 
 import array
 import json
-import os
 import struct
 import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
-REINSTALL_HINT = "reinstall it from a terminal with `lorair plugins install krita`, then restart Krita"
-DEFAULT_MARGIN = 32  # px of context around the selection: the network sees past the edges
-MAX_MARGIN = 512
-MAX_WEIGHT = 2.0  # the model core's bound on a manual expert weight
+try:  # the only import of the vendored bridge: the rest of the plugin imports it from here
+    from .vendor.bridge import JobRequest, hostkit
+    from .vendor.bridge.hostkit import DEFAULT_MARGIN, MAX_MARGIN, PluginError, Rect, layer_name, model_label
+except ImportError as exc:  # the sources copied by hand: `lorair plugins install` vendors the bridge
+    raise ImportError(f"The LoRA-IR plugin is incomplete: its bridge module is missing ({exc}). Reinstall it "
+                      "from a terminal with `lorair plugins install krita`, then restart Krita.") from exc
+
+PLUGIN = hostkit.Plugin("krita", "Krita", "plugin", deselect="Select > Deselect",
+                        bug_hint="Please report it with Krita's log (Help > Show Krita Log).")
 
 # Krita's channel order per bit depth for RGBA layers: integer depths are stored BGRA, float RGBA.
 # 16-bit float has no wire sample type, so it travels as f32 and is converted back.
 _LAYOUTS = {"U8": ("BGRA", "u8"), "U16": ("BGRA", "u16"), "F16": ("RGBA", "f32"), "F32": ("RGBA", "f32")}
-
-
-class PluginError(Exception):
-    """A failure the user sees in Krita: one sentence plus what to do about it."""
-
-    def __init__(self, message: str, hint: str = "") -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
-
-
-def load_bridge() -> Any:
-    """The vendored bridge package, or a PluginError that says how to repair the install."""
-    try:
-        from .vendor import bridge
-    except ImportError as exc:
-        raise PluginError(f"The LoRA-IR plugin is incomplete: its bridge module is missing ({exc}).",
-                          REINSTALL_HINT.capitalize() + ".") from None
-    return bridge
-
-
-def install_record() -> dict[str, Any]:
-    """What `lorair plugins install` recorded (version, protocol, worker command); {} if absent."""
-    path = Path(__file__).resolve().parent / "vendor" / "install.json"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def worker_command(record: dict[str, Any]) -> list[str] | None:
-    """The recorded command, unless $LORAIR_WORKER_CMD overrides it (the bridge reads that itself)."""
-    if os.environ.get("LORAIR_WORKER_CMD"):
-        return None
-    cmd = record.get("worker_command")
-    if isinstance(cmd, list) and cmd and all(isinstance(c, str) for c in cmd):
-        return cmd
-    # Without a record the bridge would run *Krita's* Python, which has no lorair: say so instead.
-    raise PluginError("The LoRA-IR plugin does not know how to start the worker.", REINSTALL_HINT.capitalize() + ".")
-
-
-# ---- geometry ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Rect:
-    x: int
-    y: int
-    w: int
-    h: int
-
-    @property
-    def empty(self) -> bool:
-        return self.w <= 0 or self.h <= 0
-
-    def expanded(self, margin: int) -> Rect:
-        return Rect(self.x - margin, self.y - margin, self.w + 2 * margin, self.h + 2 * margin)
-
-    def intersected(self, other: Rect) -> Rect:
-        x0, y0 = max(self.x, other.x), max(self.y, other.y)
-        x1, y1 = min(self.x + self.w, other.x + other.w), min(self.y + self.h, other.y + other.h)
-        return Rect(x0, y0, max(0, x1 - x0), max(0, y1 - y0))
-
-
-def restore_region(canvas: Rect, selection: Rect | None, margin: int) -> Rect:
-    """The pixels sent to the worker: the selection's bounds plus `margin`, inside the canvas.
-
-    No selection means the whole canvas. An empty selection (or one outside the canvas) is an error.
-    """
-    if selection is None:
-        return canvas
-    if selection.empty or selection.intersected(canvas).empty:
-        raise PluginError("The selection is empty.", "Select the area to restore, or deselect all to restore "
-                          "the whole layer.")
-    return selection.expanded(max(0, margin)).intersected(canvas)
 
 
 # ---- pixels --------------------------------------------------------------------------------------
@@ -145,23 +73,6 @@ def from_wire(raw: bytes, depth: str) -> bytes:
     return _swap_if_big_endian(raw, {"U8": "B", "U16": "H", "F32": "f"}[depth])
 
 
-def layer_name(applied: dict[str, float], limit: int = 4) -> str:
-    """'LoRA-IR: noise 0.82, jpeg 0.18': what was applied, strongest first."""
-    used = sorted(((w, n) for n, w in applied.items() if w >= 0.005), key=lambda t: (-t[0], t[1]))
-    if not used:
-        return "LoRA-IR: base network"
-    parts = [f"{n} {w:.2f}" for w, n in used[:limit]]
-    if len(used) > limit:
-        parts.append("…")
-    return "LoRA-IR: " + ", ".join(parts)
-
-
-def model_label(name: str) -> str:
-    """A preset name as is; a checkpoint path as its file name without the extension."""
-    base = name.replace("\\", "/").rsplit("/", 1)[-1]
-    return base[: -len(".safetensors")] if base.endswith(".safetensors") else base
-
-
 # ---- settings ------------------------------------------------------------------------------------
 
 
@@ -175,11 +86,8 @@ class Settings:
     margin: int = DEFAULT_MARGIN
     autostart: bool = True
 
-    def expert_spec(self, bridge: Any) -> Any:
-        if self.auto:
-            return bridge.ExpertSpec.auto()
-        weights = {n: min(max(float(self.weights.get(n, 0.0)), 0.0), MAX_WEIGHT) for n in self.experts}
-        return bridge.ExpertSpec.manual(weights or dict(self.weights), keep_router=False)
+    def expert_spec(self) -> Any:
+        return hostkit.expert_spec(self.auto, self.weights, self.experts)
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)
@@ -294,33 +202,6 @@ class Status:
     last_layer: str = ""
 
 
-def error_text(exc: BaseException) -> tuple[str, str]:
-    """(message, hint) of a PluginError, a BridgeError (duck-typed: it comes from the vendor) or a bug."""
-    if isinstance(exc, PluginError):
-        return exc.message, exc.hint
-    message, hint = getattr(exc, "message", None), getattr(exc, "hint", None)
-    if isinstance(message, str) and getattr(exc, "code", None):
-        return _sentence(message), _sentence(hint or "")
-    return (f"Unexpected error: {type(exc).__name__}: {exc}",
-            "Please report it with Krita's log (Help > Show Krita Log).")
-
-
-def _sentence(text: str) -> str:
-    text = text.strip()
-    return (text[:1].upper() + text[1:] + ("" if text.endswith((".", "!", "?")) else ".")) if text else ""
-
-
-def _progress_text(st: Any) -> tuple[str, float | None]:
-    if st is None:
-        return "Connecting to the LoRA-IR worker…", None
-    if st.state == "queued":
-        return f"Queued (position {int(st.queue_position or 0) + 1})…", 0.0
-    if st.state == "running" and st.tiles:
-        eta = f", about {st.eta_s:.0f} s left" if st.eta_s else ""
-        return f"Restoring: tile {st.tile} of {st.tiles}{eta}", float(st.progress)
-    return f"{st.state.capitalize()}…", float(st.progress)
-
-
 class Controller:
     """Starts restores, analyses and worker queries, and applies results on the UI thread.
 
@@ -334,14 +215,12 @@ class Controller:
         self.status = Status()
         self.job: Task | None = None  # a restore or an analysis (one at a time)
         self.query: Task | None = None  # worker info or a model switch
-        self._job_target: tuple[Target, Rect, Any] | None = None
+        self._job_target: tuple[Target, Rect] | None = None
         self._connect = connect or self._default_connect
 
     @staticmethod
     def _default_connect(settings: Settings) -> Any:
-        bridge = load_bridge()
-        return bridge.WorkerClient.connect(autostart=settings.autostart,
-                                           start_command=worker_command(install_record()))
+        return PLUGIN.connect(autostart=settings.autostart)
 
     @property
     def active(self) -> bool:
@@ -350,14 +229,16 @@ class Controller:
     # ---- starting work (UI thread) -------------------------------------------------------------
 
     def _capture(self) -> tuple[Target, Rect, Any]:
-        """Read the active layer's region and build the job request; PluginError on bad input."""
-        bridge = load_bridge()
+        """Read the active layer's region and build the job request; PluginError on bad input or
+        while another job runs."""
+        if self.job is not None:
+            raise PluginError("A LoRA-IR job is already running.", "Wait for it to finish or press Cancel.")
         target = self.host.target()
         order, sample = wire_layout(target.color_model, target.depth)
-        rect = restore_region(target.canvas, target.selection, self.settings.margin)
+        rect = PLUGIN.restore_region(target.canvas, target.selection, self.settings.margin)
         pixels, mask = self.host.read(target, rect)
-        request = bridge.JobRequest(to_wire(pixels, target.depth), rect.w, rect.h, order, sample,
-                                    mask=mask, experts=self.settings.expert_spec(bridge))
+        request = JobRequest(to_wire(pixels, target.depth), rect.w, rect.h, order, sample,
+                             mask=mask, experts=self.settings.expert_spec())
         return target, rect, request
 
     def _guarded(self, fn: Callable[[], None]) -> bool:
@@ -370,7 +251,7 @@ class Controller:
             return False
 
     def _fail(self, exc: BaseException) -> None:
-        message, hint = error_text(exc)
+        message, hint = PLUGIN.explain(exc)
         self.status.error = f"{message} {hint}".strip()
         self.status.text = "Failed."
         self.host.show_error(message, hint)
@@ -380,15 +261,13 @@ class Controller:
         return self._guarded(self._start_restore)
 
     def _start_restore(self) -> None:
-        if self.job is not None:
-            raise PluginError("A LoRA-IR job is already running.", "Wait for it to finish or press Cancel.")
         target, rect, request = self._capture()
         settings = self.settings
 
         def work(report: Callable[[Any], None], cancelled: Callable[[], bool]) -> Any:
-            return self._connect(settings).restore(request, on_progress=report, should_cancel=cancelled)
+            return PLUGIN.restore(self._connect(settings), request, on_progress=report, should_cancel=cancelled)
 
-        self._job_target = (target, rect, request)
+        self._job_target = (target, rect)
         self._begin(Task("restore", work), "Connecting to the LoRA-IR worker…")
 
     def analyze(self) -> bool:
@@ -396,8 +275,6 @@ class Controller:
         return self._guarded(self._start_analyze)
 
     def _start_analyze(self) -> None:
-        if self.job is not None:
-            raise PluginError("A LoRA-IR job is already running.", "Wait for it to finish or press Cancel.")
         _, _, request = self._capture()
         settings = self.settings
         self._begin(Task("analyze", lambda report, cancelled: self._connect(settings).analyze(request)),
@@ -439,7 +316,7 @@ class Controller:
                 self.status.busy, self.status.progress = False, None
                 self._finish_job(job)
             else:
-                text, frac = _progress_text(job.progress)
+                text, frac = hostkit.progress_text(job.progress)
                 if not job.cancelled:
                     self.status.text, self.status.progress = text, frac
         return self.status
@@ -454,7 +331,7 @@ class Controller:
 
     def _finish_query(self, task: Task) -> None:
         if task.error is not None:
-            message, hint = error_text(task.error)
+            message, hint = PLUGIN.explain(task.error)
             self.status.worker = ""
             self.status.text = f"Worker unavailable: {message} {hint}".strip()
             return
@@ -473,9 +350,8 @@ class Controller:
             self.status.text = "Connected."
 
     def _finish_job(self, task: Task) -> None:
-        bridge = load_bridge()
         if task.error is not None:
-            if getattr(task.error, "code", None) == bridge.protocol.E_CANCELLED:
+            if hostkit.is_cancelled(task.error):
                 self.status.text = "Cancelled; the image is unchanged."
                 return
             self._fail(task.error)
@@ -485,19 +361,16 @@ class Controller:
             self.settings.experts = list(task.result.experts) or self.settings.experts
             self.status.text = f"Router: mostly {task.result.top_expert}."
             return
-        target, rect, request = self._job_target or (None, None, None)
+        target, rect = self._job_target or (None, None)
         self._job_target = None
         try:
-            self._apply(task.result, target, rect, request)
+            self._apply(task.result, target, rect)
         except Exception as exc:  # a Krita call failing here must still reach the user
             self._fail(exc)
 
-    def _apply(self, result: Any, target: Target, rect: Rect, request: Any) -> None:
+    def _apply(self, result: Any, target: Target, rect: Rect) -> None:
+        """Add the restored region (its size and layout already checked by `PLUGIN.restore`)."""
         h = result.header
-        if (h.width, h.height, h.order, h.sample) != (rect.w, rect.h, request.order, request.sample) or len(
-                result.pixels) != len(memoryview(request.pixels)):
-            raise PluginError("The worker returned pixels of another size or layout; nothing was changed.",
-                              "Make sure the plugin and the worker come from the same LoRA-IR version.")
         if not self.host.still_open(target):
             raise PluginError("The image was closed before its restore finished; nothing was changed.")
         name = layer_name(h.applied_weights)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .qt_compat import QtCore, QtWidgets
-from .restore import MAX_MARGIN, MAX_WEIGHT, Controller, Settings, Status
+from .restore import Controller, Settings, Status, hostkit
 
 POLL_MS = 100
 _SLIDER_STEPS = 100  # slider units per 1.0 of weight
@@ -99,7 +99,7 @@ class Panel(QtWidgets.QWidget):
         margin_row = QtWidgets.QHBoxLayout()
         margin_row.addWidget(QtWidgets.QLabel("Context margin"))
         self.margin = QtWidgets.QSpinBox()
-        self.margin.setRange(0, MAX_MARGIN)
+        self.margin.setRange(0, hostkit.MAX_MARGIN)
         self.margin.setSuffix(" px")
         self.margin.setValue(plugin.settings.margin)
         self.margin.valueChanged.connect(self._margin_changed)
@@ -168,7 +168,7 @@ class Panel(QtWidgets.QWidget):
         self._expert_rows.clear()
         for i, name in enumerate(experts):
             slider = QtWidgets.QSlider(QtCore.Qt.Orientation.Horizontal)
-            slider.setRange(0, int(MAX_WEIGHT * _SLIDER_STEPS))
+            slider.setRange(0, int(hostkit.MAX_WEIGHT * _SLIDER_STEPS))
             slider.setValue(round(self.plugin.settings.weights.get(name, 0.0) * _SLIDER_STEPS))
             slider.valueChanged.connect(lambda v, n=name: self._slider_moved(n, v))
             value = QtWidgets.QLabel(f"{self.plugin.settings.weights.get(name, 0.0):.2f}")

@@ -13,7 +13,7 @@ gi.require_version("Gegl", "0.4")
 from gi.repository import Gegl, Gimp, GLib, GObject  # noqa: E402 - after require_version
 
 from . import logic  # noqa: E402
-from .logic import PixelFormat, PluginError, Rect  # noqa: E402
+from .logic import PLUGIN, PixelFormat, PluginError, Rect, hostkit  # noqa: E402
 
 MENU_LABEL = "LoRA-IR Restore..."
 MENU_PATH = "<Image>/Filters/Enhance"
@@ -38,7 +38,7 @@ def _read(image: Any, drawable: Any, margin: int) -> tuple[Rect, Rect, PixelForm
     if has_selection:
         inside, x, y, w, h = drawable.mask_intersect()
         selected = Rect(x, y, w, h) if inside else Rect(0, 0, 0, 0)
-    rect = logic.restore_region(bounds, selected, margin)
+    rect = PLUGIN.restore_region(bounds, selected, margin)
     _ok, ox, oy = drawable.get_offsets()
     image_rect = Rect(rect.x + ox, rect.y + oy, rect.w, rect.h)
     fmt = logic.pixel_format(*_precision(image), drawable.has_alpha())
@@ -87,13 +87,13 @@ def run_restore(image: Any, drawables: list[Any], experts_text: str, margin: int
     if len(drawables) != 1:
         raise PluginError("LoRA-IR restores one layer at a time.", "Select exactly one layer.")
     drawable = drawables[0]
-    bridge = logic.load_bridge()
-    experts = logic.parse_experts(experts_text, bridge)
+    experts = hostkit.parse_experts(experts_text)
     rect, image_rect, fmt, pixels, mask = _read(image, drawable, margin)
     Gimp.progress_init("LoRA-IR: connecting to the worker…")
-    client = logic.connect(bridge)
-    result = logic.restore(client, bridge, pixels, mask, rect, fmt, experts, _progress)
-    layer = _add_layer(image, drawable, image_rect, fmt, result.pixels, logic.layer_name(result.header.applied_weights))
+    client = logic.connect()
+    result = logic.restore(client, pixels, mask, rect, fmt, experts, _progress)
+    layer = _add_layer(image, drawable, image_rect, fmt, result.pixels,
+                       hostkit.layer_name(result.header.applied_weights))
     Gimp.progress_end()
     Gimp.displays_flush()
     return layer
@@ -109,16 +109,15 @@ def _dialog(procedure: Any, config: Any, image: Any, drawables: list[Any]) -> bo
     from gi.repository import GimpUi, Gtk
 
     GimpUi.init(logic.PROCEDURE)
-    bridge = logic.load_bridge()
     Gimp.progress_init("LoRA-IR: connecting to the worker…")
-    client = logic.connect(bridge)
+    client = logic.connect()
     info = client.info()
     Gimp.progress_end()
     experts = list(info.model.experts)
     if not experts:
         reason = info.model.error.message if info.model.error else "it is not ready"
         raise PluginError(f"The worker's model cannot be used: {reason}.", "See `lorair models` in a terminal.")
-    current = logic.parse_experts(config.get_property("experts"), bridge)
+    current = hostkit.parse_experts(config.get_property("experts"))
 
     dialog = GimpUi.Dialog(title="LoRA-IR Restore", role=logic.PROCEDURE)
     dialog.add_button("_Cancel", Gtk.ResponseType.CANCEL)
@@ -134,7 +133,7 @@ def _dialog(procedure: Any, config: Any, image: Any, drawables: list[Any]) -> bo
     scales: dict[str, Any] = {}
     router_labels: dict[str, Any] = {}
     for row, name in enumerate(experts):
-        scale = Gtk.Scale.new_with_range(Gtk.Orientation.HORIZONTAL, 0.0, logic.MAX_WEIGHT, 0.01)
+        scale = Gtk.Scale.new_with_range(Gtk.Orientation.HORIZONTAL, 0.0, hostkit.MAX_WEIGHT, 0.01)
         scale.set_value(current.weights.get(name, 0.0))
         scale.set_hexpand(True)
         scales[name] = scale
@@ -149,7 +148,7 @@ def _dialog(procedure: Any, config: Any, image: Any, drawables: list[Any]) -> bo
 
     auto.connect("toggled", sync)
     sync()
-    margin = Gtk.SpinButton.new_with_range(0, logic.MAX_MARGIN, 1)
+    margin = Gtk.SpinButton.new_with_range(0, hostkit.MAX_MARGIN, 1)
     margin.set_value(config.get_property("margin"))
     row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=6)
     row.add(Gtk.Label(label="Context margin (px)"))
@@ -160,7 +159,7 @@ def _dialog(procedure: Any, config: Any, image: Any, drawables: list[Any]) -> bo
     def on_analyze(*_: Any) -> None:
         try:
             rect, _ir, fmt, pixels, _mask = _read(image, drawables[0], int(margin.get_value()))
-            res = client.analyze(bridge.JobRequest(pixels, rect.w, rect.h, fmt.order, fmt.sample))
+            res = client.analyze(logic.JobRequest(pixels, rect.w, rect.h, fmt.order, fmt.sample))
         except Exception as exc:
             Gimp.message(logic.error_text(exc))
             return
@@ -173,7 +172,7 @@ def _dialog(procedure: Any, config: Any, image: Any, drawables: list[Any]) -> bo
     ok = dialog.run() == Gtk.ResponseType.OK
     if ok:
         weights = {name: round(scale.get_value(), 2) for name, scale in scales.items()}
-        config.set_property("experts", logic.experts_text(auto.get_active(), weights))
+        config.set_property("experts", hostkit.experts_text(auto.get_active(), weights))
         config.set_property("margin", int(margin.get_value()))
     dialog.destroy()
     return ok
@@ -206,7 +205,7 @@ class LoraIRPlugIn(Gimp.PlugIn):
         proc.add_string_argument("experts", "Experts", "auto | name=weight,... | auto,name=weight,...", "auto",
                                  GObject.ParamFlags.READWRITE)
         proc.add_int_argument("margin", "Context margin", "Pixels of context around the selection",
-                              0, logic.MAX_MARGIN, logic.DEFAULT_MARGIN, GObject.ParamFlags.READWRITE)
+                              0, hostkit.MAX_MARGIN, hostkit.DEFAULT_MARGIN, GObject.ParamFlags.READWRITE)
         return proc
 
     def run(self, procedure: Any, run_mode: Any, image: Any, drawables: list[Any], config: Any,
