@@ -28,6 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--skip", default="", help="comma-separated sections to skip: peer,memory,worker,gemm,variants")
+    p.add_argument("--megapixels", type=float, nargs="+", default=None,
+                   help="image sizes for the restore rows (default 1 and 4; 1 with --quick)")
 
 
 def _timeit(fn: Callable[[], object], repeats: int, warmup: int = 1) -> dict:
@@ -99,7 +101,7 @@ def bench_variants(model, device: str, sizes: list[float], repeats: int) -> list
     return rows
 
 
-def bench_backbone(model, repeats: int, side: int = 1024) -> list[dict]:
+def bench_backbone(model, repeats: int, side: int = 1024, peer: bool = True) -> list[dict]:
     """The network alone on one tile: base (no experts), merged experts, unmerged, and spandrel's NAFNet."""
     import torch
 
@@ -126,6 +128,8 @@ def bench_backbone(model, repeats: int, side: int = 1024) -> list[dict]:
     timed("unmerged experts", lambda: net(x, prior))
     model.unmerge()
     try:
+        if not peer:
+            raise ImportError("peer skipped")
         from spandrel.architectures.NAFNet import NAFNet
 
         c = model.cfg.net
@@ -133,10 +137,11 @@ def bench_backbone(model, repeats: int, side: int = 1024) -> list[dict]:
                       dec_blk_nums=list(c.dec_blocks)).eval().to(memory_format=torch.channels_last)
         timed("spandrel NAFNet (peer, same config)", lambda: peer(x))
     except ImportError:
-        log.warning("spandrel is not installed: no peer comparison")
+        log.info("no peer comparison (spandrel skipped or not installed)")
     base = rows[0]["seconds"]
     flops = network_flops(model, side)
     for r in rows:
+        r["side"] = side
         r["ratio_to_plain"] = r["seconds"] / base
         r["gflops_per_s"] = flops / r["seconds"] / 1e9
     return rows
@@ -193,8 +198,10 @@ def run(args: argparse.Namespace) -> int:
                     "model": {"name": model.cfg.name, "weights": weights}}
     t_start = time.perf_counter()
     if "variants" not in skip:
-        report["restore"] = bench_variants(model, device, [1.0] if args.quick else [1.0, 4.0], repeats)
-    report["backbone_1mp"] = bench_backbone(model, repeats)
+        sizes = args.megapixels or ([1.0] if args.quick else [1.0, 4.0])
+        report["restore"] = bench_variants(model, device, sizes, repeats)
+    side = min(1024, int(((args.megapixels or [1.0])[0] * 1e6) ** 0.5) // 16 * 16)
+    report["backbone"] = bench_backbone(model, repeats, side=side, peer="peer" not in skip)
     if "gemm" not in skip:
         report["gemm_peak"] = bench_gemm()
     if "memory" not in skip:
@@ -223,9 +230,9 @@ def format_report(rep: dict) -> str:
         for r in rep["restore"]:
             lines.append(f"  {r['size_mp']:5.2f} MP  {r['variant']:<48} {r['s_per_mp']:7.3f} s/MP  "
                          f"router {100 * r['router_share']:4.1f}%  {r['tiles']} tile(s) of {r['tile_size']}")
-    lines.append("\nnetwork alone, one 1024² tile:")
+    lines.append(f"\nnetwork alone, one {rep['backbone'][0]['side']}² tile:")
     gemm = rep.get("gemm_peak", {})
-    for r in rep["backbone_1mp"]:
+    for r in rep["backbone"]:
         peak = gemm.get("fp32", {}).get("gflops_per_s")
         frac = f" ({100 * r['gflops_per_s'] / peak:.0f}% of fp32 GEMM peak)" if peak else ""
         lines.append(f"  {r['variant']:<40} {r['seconds']:7.3f} s  x{r['ratio_to_plain']:.2f} of plain  "

@@ -1,0 +1,52 @@
+"""Every fast inference path equals the fp32 reference within a stated tolerance; `lorair bench`
+writes a well-formed report (no timing is asserted)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from lorair_desktop.cli import main
+from lorair_desktop.core import Restorer
+from lorair_desktop.core.cpu import bf16_fast
+
+
+def _img(seed: int = 0) -> np.ndarray:
+    yy, xx = np.mgrid[0:96, 0:128].astype(np.float32)
+    base = np.stack([0.5 + 0.3 * np.sin(xx / 9), 0.5 + 0.2 * np.cos(yy / 7), 0.4 + 0.1 * np.sin((xx + yy) / 5)], -1)
+    return np.clip(base + np.random.default_rng(seed).normal(0, 0.04, base.shape), 0, 1).astype(np.float32)
+
+
+def test_channels_last_equals_contiguous(small_model) -> None:  # noqa: ANN001
+    img = _img()
+    a = Restorer(small_model, "cpu", channels_last=True).restore(img).image
+    b = Restorer(small_model, "cpu", channels_last=False).restore(img).image
+    assert np.abs(a - b).max() < 1e-5
+
+
+@pytest.mark.skipif(not bf16_fast(), reason="this CPU has no bf16 kernels")
+def test_bf16_is_close_to_fp32(small_model) -> None:  # noqa: ANN001
+    img = _img()
+    ref = Restorer(small_model, "cpu", precision="fp32").restore(img)
+    fast = Restorer(small_model, "cpu", precision="bf16").restore(img)
+    assert fast.dtype == "bfloat16"
+    d = np.abs(fast.image - ref.image)
+    # bf16 keeps 8 mantissa bits: ~0.4 % relative per op; the global residual is added in fp32.
+    assert d.mean() < 4e-3 and d.max() < 6e-2
+
+
+def test_bench_quick_json_report(small_model_path, tmp_path, capsys) -> None:  # noqa: ANN001
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "--quick", "--model", str(small_model_path), "--megapixels", "0.02", "--repeats", "1",
+               "--skip", "memory,worker,gemm,peer", "--json", str(out)])
+    assert rc == 0
+    rep = json.loads(out.read_text())
+    assert rep["model"]["name"] == "lorair-compact"
+    variants = {r["variant"] for r in rep["restore"]}
+    assert {"whole image (no tiling)", "unmerged experts (reference path)"} <= variants
+    for r in rep["restore"]:
+        assert r["s_per_mp"] > 0 and len(r["samples"]) == 1 and 0 <= r["router_share"] <= 1
+    names = [r["variant"] for r in rep["backbone"]]
+    assert names[:3] == ["plain backbone (no experts)", "merged experts", "unmerged experts"]
+    assert rep["backbone"][0]["ratio_to_plain"] == 1.0
+    assert "s/MP" in capsys.readouterr().out
