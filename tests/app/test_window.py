@@ -302,9 +302,10 @@ def test_switching_to_a_model_that_cannot_load_keeps_the_working_one(window) -> 
     combo = window.panel.model_combo
     current = window.link.info.model.name
     values = [combo.itemData(i) for i in range(combo.count())]
-    assert current in values and "lorair-compact" in values  # the worker's list, plus the loaded checkpoint
-    assert "(untrained)" in combo.itemText(values.index("lorair-compact"))
-    combo.setCurrentIndex(values.index("lorair-compact"))  # as the user picks it
+    # The worker's list plus the loaded checkpoint; lorair-setting1 ships no weights (fetched on demand).
+    assert current in values and "lorair-setting1" in values
+    assert "(untrained)" in combo.itemText(values.index("lorair-setting1"))
+    combo.setCurrentIndex(values.index("lorair-setting1"))  # as the user picks it
     assert process_until(lambda: window.message_bar.isVisible() and not window.controller.busy, 60)
     assert window.message_bar.kind == "error" and window.message_bar.hint.text()
     assert process_until(lambda: combo.currentData() == current, 10)  # back to what the worker really has
