@@ -17,7 +17,7 @@ def _img(seed: int = 0) -> np.ndarray:
     return np.clip(base + np.random.default_rng(seed).normal(0, 0.04, base.shape), 0, 1).astype(np.float32)
 
 
-def test_channels_last_equals_contiguous(small_model) -> None:  # noqa: ANN001
+def test_channels_last_equals_contiguous(small_model) -> None:
     img = _img()
     a = Restorer(small_model, "cpu", channels_last=True).restore(img).image
     b = Restorer(small_model, "cpu", channels_last=False).restore(img).image
@@ -25,7 +25,7 @@ def test_channels_last_equals_contiguous(small_model) -> None:  # noqa: ANN001
 
 
 @pytest.mark.skipif(not bf16_fast(), reason="this CPU has no bf16 kernels")
-def test_bf16_is_close_to_fp32(small_model) -> None:  # noqa: ANN001
+def test_bf16_is_close_to_fp32(small_model) -> None:
     img = _img()
     ref = Restorer(small_model, "cpu", precision="fp32").restore(img)
     fast = Restorer(small_model, "cpu", precision="bf16").restore(img)
@@ -35,7 +35,7 @@ def test_bf16_is_close_to_fp32(small_model) -> None:  # noqa: ANN001
     assert d.mean() < 4e-3 and d.max() < 6e-2
 
 
-def test_bench_quick_json_report(small_model_path, tmp_path, capsys) -> None:  # noqa: ANN001
+def test_bench_quick_json_report(small_model_path, tmp_path, capsys) -> None:
     out = tmp_path / "bench.json"
     rc = main(["bench", "--quick", "--model", str(small_model_path), "--megapixels", "0.02", "--repeats", "1",
                "--skip", "memory,worker,gemm,peer", "--json", str(out)])

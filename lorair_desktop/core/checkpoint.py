@@ -41,6 +41,17 @@ def _read_manifest_file() -> dict:
         raise CheckpointError(f"weights manifest {path} is not valid JSON: {exc}") from exc
 
 
+def record_weights(name: str, entry: dict, manifest: Path | None = None) -> Path:
+    """Set the manifest's entry for `name` (other entries and sections kept), written atomically."""
+    path = manifest or manifest_path()
+    data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    data.setdefault("models", {})[name] = entry
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
 def read_manifest() -> dict[str, dict]:
     return _read_manifest_file().get("models", {})
 

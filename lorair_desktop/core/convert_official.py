@@ -17,19 +17,17 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import pickle
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-from .checkpoint import FORMAT, manifest_path, sha256_file, weights_dir
+from .checkpoint import FORMAT, record_weights, sha256_file, weights_dir
 from .config import ModelConfig, load_config, presets_dir
 from .errors import CheckpointError, ConfigError
 from .model import LoRAIR
@@ -301,12 +299,6 @@ def _cast(t: Tensor, dtype: str) -> Tensor:
     return t.half() if t.dtype == torch.float32 else t
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
-
-
 def convert_official(
     router_path: Path,
     ir_path: Path,
@@ -361,13 +353,10 @@ def convert_official(
     if use_manifest and (presets_dir() / f"{cfg.name}.json").is_file():
         # The manifest maps a preset name to its weights; without a preset of that name the file is
         # used by path (--model FILE) and the manifest stays as it is.
-        mpath = manifest_path()
-        data: dict[str, Any] = json.loads(mpath.read_text(encoding="utf-8")) if mpath.is_file() else {}
-        data.setdefault("models", {})[cfg.name] = {
+        mpath = record_weights(cfg.name, {
             "file": final.name, "sha256": sha, "bytes": final.stat().st_size, "config": cfg.name,
             "source": "official", **{f"{role}_sha256": meta[f"{role}_sha256"] for role in sources},
-        }
-        _write_json_atomic(mpath, data)
+        })
     return ConversionResult(path=final, sha256=sha, bytes=final.stat().st_size, name=cfg.name, manifest=mpath,
                             tensors=len(clean), parameters=sum(t.numel() for t in clean.values()))
 

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..core.checkpoint import load_checkpoint, save_checkpoint, sha256_file, weights_dir
+from ..core.checkpoint import load_checkpoint, record_weights, save_checkpoint, sha256_file, weights_dir
 from ..core.config import load_config, presets_dir
 from ..core.inference import Restorer
 from ..core.model import LoRAIR
@@ -88,12 +88,6 @@ def _check_preset(cfg_dict: dict[str, Any], name: str, write_preset: bool) -> Pa
     return path
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
-
-
 def export_model(
     run_checkpoint: Path,
     name: str = "lorair-compact",
@@ -135,10 +129,7 @@ def export_model(
         new_preset.write_text(json.dumps(cfg_dict, indent=2) + "\n", encoding="utf-8")
         log.info("wrote preset %s", new_preset)
     entry = {"file": final.name, "sha256": sha256_file(final), "bytes": final.stat().st_size, "config": name}
-    mpath = dest_dir / "manifest.json"
-    data: dict[str, Any] = json.loads(mpath.read_text(encoding="utf-8")) if mpath.is_file() else {}
-    data.setdefault("models", {})[name] = entry
-    _write_json_atomic(mpath, data)
+    mpath = record_weights(name, entry, dest_dir / "manifest.json")
     log.info("exported %s (%.1f MB, sha256 %s…)", final, entry["bytes"] / 2**20, entry["sha256"][:12])
     preset = "existing" if new_preset is None else "written"
     return {**entry, "path": str(final), "manifest": str(mpath), "preset": preset, "fp16_check": check, **info}
