@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,20 +120,28 @@ def read_checkpoint(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], d
     return cfg, tensors, meta
 
 
+def key_problems(expected: Mapping[str, tuple[int, ...]], got: Mapping[str, tuple[int, ...]],
+                 name: Callable[[str], str] = str, limit: int = 5) -> list[str]:
+    """Missing, unexpected and mis-shaped keys, each named (through `name`) with both shapes."""
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(name(k) for k in set(got) - set(expected))
+    bad = [f"{name(k)}: file {got[k]} vs model {expected[k]}"
+           for k in sorted(set(expected) & set(got)) if got[k] != expected[k]]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing: {', '.join(missing[:limit])}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected: {', '.join(unexpected[:limit])}")
+    if bad:
+        problems.append(f"{len(bad)} with another shape: {'; '.join(bad[:limit])}")
+    return problems
+
+
 def load_state_strict(model: LoRAIR, tensors: dict[str, torch.Tensor], source: str) -> None:
     """Load tensors, naming every missing, unexpected or mis-shaped key with its shapes."""
     own = model.state_dict()
-    missing = sorted(set(own) - set(tensors))
-    unexpected = sorted(set(tensors) - set(own))
-    bad = [f"{k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(own[k].shape)}"
-           for k in sorted(set(own) & set(tensors)) if tensors[k].shape != own[k].shape]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-    if bad:
-        problems.append(f"{len(bad)} shape mismatches (e.g. {'; '.join(bad[:3])})")
+    problems = key_problems({k: tuple(v.shape) for k, v in own.items()},
+                            {k: tuple(v.shape) for k, v in tensors.items()})
     if problems:
         raise CheckpointError(f"{source} does not match its config: " + "; ".join(problems),
                               "the file and its config disagree; re-export it from the training run")

@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-from .checkpoint import FORMAT, record_weights, sha256_file, weights_dir
+from .checkpoint import FORMAT, key_problems, record_weights, sha256_file, weights_dir
 from .config import ModelConfig, load_config, presets_dir
 from .errors import CheckpointError, ConfigError
 from .model import LoRAIR
@@ -249,17 +249,8 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 def _check(converted: Mapping[str, Tensor], expected: Mapping[str, tuple[int, ...]], cfg: ModelConfig,
            origin: Mapping[str, str]) -> None:
-    missing = sorted(set(expected) - set(converted))
-    extra = sorted(origin.get(k, k) for k in set(converted) - set(expected))
-    bad = [f"{origin.get(k, k)} -> {k}: official {tuple(converted[k].shape)} vs {cfg.name} {expected[k]}"
-           for k in sorted(set(expected) & set(converted)) if tuple(converted[k].shape) != expected[k]]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing: {', '.join(missing[:5])}")
-    if extra:
-        problems.append(f"{len(extra)} left over: {', '.join(extra[:5])}")
-    if bad:
-        problems.append(f"{len(bad)} with another shape: {'; '.join(bad[:5])}")
+    problems = key_problems(expected, {k: tuple(v.shape) for k, v in converted.items()},
+                            name=lambda k: f"{origin[k]} -> {k}" if k in origin else k)
     if problems:
         raise CheckpointError(f"the official weights do not fit the '{cfg.name}' architecture: " + "; ".join(problems),
                               "check that the files are the Setting I release and the preset is lorair-setting1")
