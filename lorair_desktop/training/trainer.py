@@ -113,9 +113,12 @@ class StageRunner:
         self.wall_before = 0.0  # training seconds of earlier sessions of this stage (from the state file)
         self._t_session: float | None = None
         self.state_path = run_dir / f"state-{sc.stage}.pt"
-        self.ddp_model = model
+        # The module whose forward trains: the router alone in its stage, else the whole model. DDP must
+        # wrap exactly that module, since only a call through the wrapper synchronises gradients.
+        trained: torch.nn.Module = model.router if sc.stage == "router" else model
+        self.ddp_model = trained
         if self.world > 1:
-            self.ddp_model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+            self.ddp_model = torch.nn.parallel.DistributedDataParallel(trained, find_unused_parameters=True)
 
     # -- schedule --------------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
@@ -169,7 +172,7 @@ class StageRunner:
     def loss_on(self, deg: Tensor, clean: Tensor, labels: Tensor, crop: int | None) -> Tensor:
         st = self.sc.stage
         if st == "router":
-            return F.cross_entropy(self.ddp_model.router(deg).logits, labels)
+            return F.cross_entropy(self.ddp_model(deg).logits, labels)
         prior, mix = self._prior_and_mix(deg)
         if crop and deg.shape[-1] > crop:
             # The router sees the whole context crop; the network trains on a random sub-crop of it.
