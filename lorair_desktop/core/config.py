@@ -19,12 +19,15 @@ from .errors import ConfigError
 _EXPERT_NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 
 
+BUILTIN_RESOURCES = Path(__file__).resolve().parents[2] / "resources"
+
+
 def resources_dir() -> Path:
     """The repository's resources folder (override with LORAIR_RESOURCES)."""
     env = os.environ.get("LORAIR_RESOURCES")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "resources"
+    return BUILTIN_RESOURCES
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import torch
 
+from .cpu import keep_freed_memory
 from .device import inference_dtype, select_device
 from .errors import Cancelled, ImageError
 from .model import LoRAIR
@@ -118,6 +119,7 @@ class Restorer:
         memory_budget_mb: int | None = None,
     ) -> None:
         self.device = device if isinstance(device, torch.device) else select_device(device)
+        keep_freed_memory()  # every tile op allocates big tensors: reuse freed blocks, no page faults
         self.dtype = inference_dtype(self.device, precision)
         self.channels_last = channels_last and self.device.type != "mps"
         self.memory_budget_mb = memory_budget_mb

@@ -74,14 +74,22 @@ class LoRAConv2d(nn.Module):
         return self._merged is not None
 
     # -- forward ---------------------------------------------------------------------------------
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, out_scale: Tensor | None = None) -> Tensor:
+        """conv(x), times `out_scale` (C_out values, any shape) per output channel if given. On the
+        merged/plain path the scale is folded into the (small) weight, which saves a full pass over
+        the (large) output: this network is memory-bound."""
         c = self.conv
-        if self.mix is not None:
-            return self._forward_per_sample(x, self.mix)
-        if self.reference_mix is not None:
-            return self.forward_unmerged(x, self.reference_mix)
+        if self.mix is not None or self.reference_mix is not None:
+            y = (self._forward_per_sample(x, self.mix) if self.mix is not None
+                 else self.forward_unmerged(x, self.reference_mix))  # type: ignore[arg-type]
+            return y if out_scale is None else y * out_scale.reshape(1, -1, 1, 1)
         weight = self._merged if self._merged is not None else c.weight
-        return F.conv2d(x, weight.to(x.dtype), None if c.bias is None else c.bias.to(x.dtype),
+        bias = c.bias
+        if out_scale is not None:
+            s = out_scale.reshape(-1)
+            weight = weight * s.view(-1, 1, 1, 1).to(weight.dtype)
+            bias = None if bias is None else bias * s.to(bias.dtype)
+        return F.conv2d(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype),
                         c.stride, c.padding, c.dilation, c.groups)
 
     def _forward_per_sample(self, x: Tensor, mix: Tensor) -> Tensor:

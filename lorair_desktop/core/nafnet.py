@@ -27,10 +27,13 @@ class LayerNorm2d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(c))
         self.eps = eps
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
+        """Normalised x with this norm's affine, or with `weight`/`bias` given in its place."""
         # One fused kernel over the channel axis: on a channels_last tensor the NHWC permute is free,
         # and this memory-bound op then reads and writes the tensor once instead of ~7 times.
-        y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
+        w = self.weight if weight is None else weight
+        b = self.bias if bias is None else bias
+        y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), w, b, self.eps)
         return y.permute(0, 3, 1, 2)
 
 
@@ -62,20 +65,48 @@ class ChannelPool(nn.Module):
         super().__init__()
         self.window = window
 
+    def grid(self, h: int, w: int) -> tuple[int, int]:
+        """(cell size, window in cells) of the coarse grid the local means are taken on.
+
+        A window this wide varies slowly: averaging on cells of `step` pixels (16-32 cells per window)
+        and box-filtering the small grid costs ~step² fewer sums than at full resolution. An odd
+        number of cells keeps each window centred on a cell centre, where bilinear upsampling
+        (expand) puts the cell's value; an even count would shift every mean by step/2 pixels."""
+        if self.window is None or self.training:
+            return 1, 1
+        k = min(self.window, h, w)
+        # Prefer a cell that divides the size (inside the network every level is a multiple of
+        # 16 >> level): the grid then tiles x exactly. Otherwise x is edge-padded (looser at the edge).
+        step = next((s for s in range(k // 16, k // 32, -1) if h % s == 0 and w % s == 0), max(1, k // 16))
+        if step == 1:
+            return 1, self.window
+        cells = self.window // step
+        return step, cells - (1 - cells % 2)
+
     def forward(self, x: Tensor) -> Tensor:
-        """(B, C, 1, 1) global means, or local means on a grid coarser than x (see NAFBlock)."""
+        """(B, C, 1, 1) global means, or local means on a grid `step` times coarser than x (see expand)."""
         if self.window is None or self.training:
             return x.mean((-2, -1), keepdim=True)
         h, w = x.shape[-2:]
         k = min(self.window, h, w)
         if k == h and k == w:
             return x.mean((-2, -1), keepdim=True)
-        # A window this wide varies slowly: average on cells of `step` pixels (>= 16 cells per
-        # window), then box-filter the small grid. ~step² fewer sums than at full resolution.
-        step = max(1, k // 16)
-        if step > 1 and h % step == 0 and w % step == 0:
-            return local_mean(F.avg_pool2d(x, step), (self.window // step, self.window // step))
-        return local_mean(x, (self.window, self.window))
+        step, cells = self.grid(h, w)
+        if step == 1:
+            return local_mean(x, (cells, cells))
+        ph, pw = (-h) % step, (-w) % step
+        if ph or pw:  # not a multiple of the cell: edge-pad (TLC replicates edges too)
+            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+        return local_mean(F.avg_pool2d(x, step), (cells, cells))
+
+    def expand(self, att: Tensor, size: tuple[int, int]) -> Tensor:
+        """The per-pixel attention from its grid: 1x1 convs and bilinear upsampling are both linear
+        per pixel, so the attention conv runs on the small grid and only its result is upsampled."""
+        if (att.shape[-1] == 1 and att.shape[-2] == 1) or att.shape[-2:] == size:
+            return att
+        step = self.grid(*size)[0]
+        up = F.interpolate(att, scale_factor=step, mode="bilinear", align_corners=False)
+        return up[..., : size[0], : size[1]]
 
 
 class NAFBlock(nn.Module):
@@ -99,13 +130,10 @@ class NAFBlock(nn.Module):
         a, b = x.chunk(2, dim=1)
         x = a * b  # SimpleGate -> (B, C, H, W)
         att = self.sca(self.pool(x))  # simplified channel attention: (B, C, 1, 1) or a coarse TLC grid
-        if att.shape[-1] != 1 and att.shape[-2:] != x.shape[-2:]:
-            # 1x1 conv and bilinear upsampling are both linear per pixel, so the conv runs on the grid.
-            att = F.interpolate(att, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        x = x * att
-        y = inp + self.conv3(x) * self.beta
+        x = x * self.pool.expand(att, (x.shape[-2], x.shape[-1]))
+        y = inp + self.conv3(x, out_scale=self.beta)
         a, b = self.conv4(self.norm2(y)).chunk(2, dim=1)
-        return y + self.conv5(a * b) * self.gamma
+        return y + self.conv5(a * b, out_scale=self.gamma)
 
 
 class DAM(nn.Module):
@@ -124,6 +152,10 @@ class DAM(nn.Module):
     def forward(self, x: Tensor, prior: Tensor) -> Tensor:  # prior: (B, P, 1, 1)
         h = self.proj2(F.gelu(self.proj1(prior)))
         g = torch.sigmoid(self.se2(F.relu(self.se1(h))))  # (B, C, 1, 1)
+        if g.shape[0] == 1:
+            # One prior (inference): beta * g folds into the norm's affine, one pass instead of three.
+            s = (self.beta * g).reshape(-1)
+            return x + self.norm(x, weight=self.norm.weight * s, bias=self.norm.bias * s)
         return x + self.beta * (self.norm(x) * g)
 
 

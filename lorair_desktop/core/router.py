@@ -1,4 +1,8 @@
-"""DG-Router: an open_clip vision tower seen through five views, and an MLP head.
+"""DG-Router: a CLIP-style vision tower seen through five views, and an MLP head.
+
+The tower is an open_clip architecture. A ModifiedResNet ("RN") shipped in resources/model_configs/clip/
+and built without pretrained weights (the compact model's) comes from rn_tower, torch only, with
+open_clip's parameter names; every other tower (ViTs, pretrained weights) is built by open_clip.
 
 Views of one image (B, 3, H, W) in [0, 1], each S x S (S = router.image_size):
 - global: the whole image resized to S;
@@ -11,6 +15,7 @@ degradation prior (B, P) and one logit per expert (B, E).
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,30 +24,56 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import ModelConfig, resources_dir
+from .config import BUILTIN_RESOURCES, ModelConfig, resources_dir
 from .errors import ConfigError
+from .rn_tower import is_rn_config, tower_from_json
 
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-_registered = False
+_BUILTIN_CLIP_CONFIGS = BUILTIN_RESOURCES / "model_configs" / "clip"
+_registered: set[Path] = set()
+
+
+def _clip_config_dirs() -> list[Path]:
+    """Where the project's own tower configs live: the repository's, then LORAIR_RESOURCES' (which wins)."""
+    dirs = [_BUILTIN_CLIP_CONFIGS, resources_dir() / "model_configs" / "clip"]
+    return [d for i, d in enumerate(dirs) if d not in dirs[:i]]
 
 
 def _register_custom_towers() -> None:
-    """Make the project's own open_clip architectures (resources/model_configs/clip/*.json) known."""
-    global _registered
+    """Make the project's own open_clip architectures (model_configs/clip/*.json) known."""
     import open_clip  # slow to import (~5 s): only when a tower is built, not when the core loads
 
-    if not _registered:
-        open_clip.add_model_config(resources_dir() / "model_configs" / "clip")
-        _registered = True
+    for folder in _clip_config_dirs():  # each folder once, the repository's first (later ones win)
+        if folder not in _registered and folder.is_dir():
+            open_clip.add_model_config(folder)
+            _registered.add(folder)
 
 
 def _no_random_init_warning(record: logging.LogRecord) -> bool:
     return "No pretrained weights loaded" not in record.getMessage()
 
 
+def _shipped_rn_config(name: str) -> Path | None:
+    """model_configs/clip/<name>.json when the project has one and it describes a ModifiedResNet."""
+    for folder in reversed(_clip_config_dirs()):  # LORAIR_RESOURCES' first, as open_clip would resolve it
+        path = folder / f"{name}.json"
+        if path.parent != folder or not path.is_file():
+            continue
+        try:
+            cfg = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"cannot read tower config {path.name}", str(e)) from e
+        return path if isinstance(cfg, dict) and is_rn_config(cfg) else None
+    return None
+
+
 def build_tower(name: str, pretrained: str | None = None) -> tuple[nn.Module, int]:
     """The vision tower of an open_clip architecture and its embedding size."""
+    if not pretrained and (rn := _shipped_rn_config(name)) is not None:
+        # Our own RN towers are built natively: importing open_clip costs ~240 MB of resident memory
+        # (torchvision and more) and ~5 s of start-up, for a few convolutions. Same keys and outputs.
+        return tower_from_json(rn)
     _register_custom_towers()
     import open_clip
 
