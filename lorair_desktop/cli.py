@@ -62,8 +62,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     overrides, keep = parse_experts_arg(args.experts, model.experts)
     restorer = Restorer(model, device=args.device, precision=args.precision)
     t0 = time.perf_counter()
-    res = restorer.restore(img.rgb, overrides, keep, tile=args.tile, overlap=args.overlap,
-                           progress=None if args.quiet else _progress)
+    tiling = {"tile": args.tile} | ({} if args.overlap is None else {"overlap": args.overlap})
+    res = restorer.restore(img.rgb, overrides, keep, **tiling, progress=None if args.quiet else _progress)
     imageio.write_image(dst, res.image, img.alpha, img.bit_depth, img.icc_profile, quality=args.quality,
                         exif=img.exif)
     if args.json:
@@ -137,7 +137,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     common(r)
     r.add_argument("--experts", default="auto", help="auto | name=w,... | auto,name=w (router's mix, edited)")
     r.add_argument("--tile", type=int, default=None, help="tile side in pixels (default: automatic)")
-    r.add_argument("--overlap", type=int, default=48, help="tile overlap in pixels")
+    r.add_argument("--overlap", type=int, default=None, help="tile overlap in pixels (default 16)")
     r.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16")
     r.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality")
     r.add_argument("--force", action="store_true", help="allow overwriting an existing output")

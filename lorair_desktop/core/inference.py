@@ -22,13 +22,15 @@ from .errors import Cancelled, ImageError
 from .model import LoRAIR
 from .router import quadrant_boxes
 from .routing import apply_overrides
-from .tiling import plan_tiles, tile_profiles
+from .tiling import balanced_length, plan_tiles, tile_profiles
 
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
 
 CPU_TILE = 384  # fastest on CPU: this network is memory-bound, so cache-sized tiles win
-DEFAULT_OVERLAP = 48
+# Tiled vs whole-image on a real 1 MP photo (shipped model, noise σ25): 68 dB apart at 16 px of
+# overlap, 75 dB at 48 px, identical PSNR to the clean photo. 16 px recomputes 9 % instead of 31 %.
+DEFAULT_OVERLAP = 16
 
 
 @dataclass
@@ -239,7 +241,10 @@ class Restorer:
         hp, wp = -(-h0 // m) * m, -(-w0 // m) * m  # padded size, as a whole-image run sees it
         tile = max(m, tile // m * m)
         ov = 0 if (hp <= tile and wp <= tile) else min(overlap, tile // 2 - 1)
-        tiles = plan_tiles(hp, wp, max(hp, wp) if ov == 0 else tile, ov)
+        if ov == 0:
+            tiles = plan_tiles(hp, wp, max(hp, wp), 0)
+        else:
+            tiles = plan_tiles(hp, wp, (balanced_length(hp, tile, ov, m), balanced_length(wp, tile, ov, m)), ov)
         bands: dict[int, list] = {}
         for t in tiles:
             bands.setdefault(t.y0, []).append(t)

@@ -1,5 +1,7 @@
 """Tiled inference agrees with whole-image inference, without seams; tile plans cover the image."""
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -95,3 +97,17 @@ def test_huge_image_router_path_agrees_with_the_direct_one(small_model, monkeypa
     monkeypatch.setattr(inf, "ROUTER_SHRINK", 150)  # force the reduced-copy + native-crops path
     reduced = r.analyze(img)
     assert np.abs(np.array(direct.logits) - np.array(reduced.logits)).max() < 0.05
+
+
+def test_balanced_tiles_keep_the_count_and_cover_with_less_overlap() -> None:
+    from lorair_desktop.core.tiling import axis_starts, balanced_length
+
+    for length, tile, ov, m in [(1024, 384, 16, 16), (6000, 384, 16, 16), (4000, 384, 48, 16), (500, 384, 16, 16)]:
+        side = balanced_length(length, tile, ov, m)
+        assert side % m == 0 and side <= tile
+        starts = axis_starts(length, side, ov)
+        assert len(starts) == len(axis_starts(length, tile, ov))
+        assert starts[0] == 0 and starts[-1] + side == length  # covers the axis exactly
+        assert all(b - a <= side - ov for a, b in itertools.pairwise(starts))  # every seam keeps its overlap
+    assert balanced_length(1024, 384, 16, 16) == 352
+    assert balanced_length(300, 384, 16, 16) == 300  # one tile: the whole axis
