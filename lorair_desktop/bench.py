@@ -113,31 +113,35 @@ def bench_backbone(model, repeats: int, side: int = 1024, peer: bool = True) -> 
     w = torch.zeros(model.cfg.num_experts)
     w[0] = 1.0
     net.to(memory_format=torch.channels_last)
-    rows = []
-
-    def timed(name: str, fn: Callable[[], object]) -> None:
-        with torch.inference_mode():
-            t = _timeit(fn, repeats)
-        rows.append({"variant": name, "seconds": t["median_s"], "samples": t["samples"]})
-
-    timed("plain backbone (no experts)", lambda: net(x, prior))
-    model.merge(w, channels_last=True)
-    timed("merged experts", lambda: net(x, prior))
-    model.unmerge()
-    model.set_reference_mix(w)
-    timed("unmerged experts", lambda: net(x, prior))
-    model.unmerge()
+    variants: dict[str, tuple[Callable[[], object], Callable[[], object]]] = {
+        "plain backbone (no experts)": (model.unmerge, lambda: net(x, prior)),
+        "merged experts": (lambda: model.merge(w, channels_last=True), lambda: net(x, prior)),
+        "unmerged experts": (lambda: (model.unmerge(), model.set_reference_mix(w)), lambda: net(x, prior)),
+    }
     try:
         if not peer:
             raise ImportError("peer skipped")
         from spandrel.architectures.NAFNet import NAFNet
 
         c = model.cfg.net
-        peer = NAFNet(width=c.width, middle_blk_num=c.middle_blocks, enc_blk_nums=list(c.enc_blocks),
-                      dec_blk_nums=list(c.dec_blocks)).eval().to(memory_format=torch.channels_last)
-        timed("spandrel NAFNet (peer, same config)", lambda: peer(x))
+        peer_net = NAFNet(width=c.width, middle_blk_num=c.middle_blocks, enc_blk_nums=list(c.enc_blocks),
+                          dec_blk_nums=list(c.dec_blocks)).eval().to(memory_format=torch.channels_last)
+        variants["spandrel NAFNet (peer, same config)"] = (model.unmerge, lambda: peer_net(x))
     except ImportError:
         log.info("no peer comparison (spandrel skipped or not installed)")
+    # Interleaved (A B C D, A B C D, ...): a neighbour's load or a clock change then hits every variant
+    # alike, so the ratios stay meaningful on a shared machine.
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    with torch.inference_mode():
+        for rep in range(repeats + 1):  # the first round is the warm-up
+            for name, (setup, fn) in variants.items():
+                setup()
+                t0 = time.perf_counter()
+                fn()
+                if rep:
+                    samples[name].append(time.perf_counter() - t0)
+    model.unmerge()
+    rows = [{"variant": n, "seconds": statistics.median(v), "samples": v} for n, v in samples.items()]
     base = rows[0]["seconds"]
     flops = network_flops(model, side)
     for r in rows:

@@ -123,6 +123,9 @@ def run(args: argparse.Namespace) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("lorair_desktop").setLevel(args.log_level)  # also when `lorair` set up logging
+    from ..core.cpu import keep_freed_memory
+
+    keep_freed_memory()  # before any thread starts: restores run on the inference thread
     return serve(config_from_args(args))
 
 
