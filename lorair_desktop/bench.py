@@ -30,6 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip", default="", help="comma-separated sections to skip: peer,memory,worker,gemm,variants")
     p.add_argument("--megapixels", type=float, nargs="+", default=None,
                    help="image sizes for the restore rows (default 1 and 4; 1 with --quick)")
+    p.add_argument("--setting1", type=float, default=None, metavar="MEGAPIXELS",
+                   help="only this: the full-size Setting I model on a photo this large (24 = a 24 MP photo), "
+                        "seconds per megapixel and peak memory (random weights unless installed)")
 
 
 def _timeit(fn: Callable[[], object], repeats: int, warmup: int = 1) -> dict:
@@ -199,6 +202,17 @@ def run(args: argparse.Namespace) -> int:
 
     from .core.device import select_device
 
+    if args.setting1 is not None:
+        from .core.bench_official import bench_setting1, format_bench
+        from .errors import LoraIRError
+
+        if args.setting1 <= 0:
+            raise LoraIRError(f"--setting1 needs a positive size in megapixels, got {args.setting1}")
+        result = bench_setting1(args.setting1, device=str(select_device(args.device)))
+        print(format_bench(result))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2))
+        return 0
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     repeats = args.repeats or (2 if args.quick else 5)
     device = str(select_device(args.device))

@@ -22,7 +22,7 @@ import torch
 
 from .config import load_config
 from .errors import LoraIRError
-from .inference import Restorer
+from .inference import DEFAULT_OVERLAP, Restorer
 from .model import LoRAIR
 
 __all__ = ["bench_setting1", "format_bench"]
@@ -70,7 +70,7 @@ def bench_setting1(
     device: str = "cpu",
     precision: str = "auto",
     tile: int | None = None,
-    overlap: int = 48,
+    overlap: int = DEFAULT_OVERLAP,
     threads: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
