@@ -313,6 +313,9 @@ def write_model_card(
     lines.append("")
     lines += _data_section(run)
     lines += _recipe_section(run, run_dir)
+    notes = run.get("notes")
+    if isinstance(notes, list) and notes:  # free-text history a maintainer added to run.json
+        lines += ["## Training history", "", *[f"- {n}" for n in notes], ""]
     hw = run.get("hardware")
     lines += ["## Hardware", ""]
     if hw:

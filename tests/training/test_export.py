@@ -87,8 +87,18 @@ def test_model_card(trained_run: Path, resources: Path, tmp_path: Path) -> None:
                    "## Validation", "| noise σ25 |", "| router | router", "20 / 20", "custom folder"):
         assert needle in card, needle
     assert "img" in card  # image names of the run
+    assert "## Training history" not in card
     # without an evaluation the card says so
     assert "Not evaluated yet" in E.write_model_card(trained_run, None, tmp_path / "c2.md").read_text()
+    # a maintainer's notes in run.json become the card's training history
+    run_json = trained_run / "run.json"
+    original = run_json.read_text()
+    try:
+        run_json.write_text(json.dumps({**json.loads(original), "notes": ["session 2: base +3000 steps"]}))
+        card = E.write_model_card(trained_run, None, tmp_path / "c3.md").read_text()
+        assert "## Training history\n\n- session 2: base +3000 steps" in card
+    finally:
+        run_json.write_text(original)
 
 
 def test_export_cli(trained_run: Path, resources: Path, capsys: pytest.CaptureFixture[str]) -> None:
