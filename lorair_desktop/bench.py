@@ -166,8 +166,9 @@ def bench_gemm(repeats: int = 5, n: int = 2048) -> dict:
 
 
 _MEMORY_PROBE = """
-import resource, sys, time, numpy as np
+import sys, time, numpy as np
 from lorair_desktop.bench import _load
+from lorair_desktop.core.cpu import peak_rss_bytes
 from lorair_desktop.core import Restorer
 model, _ = _load(sys.argv[1] or None)
 side_h, side_w = 4000, 6000
@@ -175,13 +176,7 @@ side_h, side_w = 4000, 6000
 img = np.random.default_rng(0).integers(0, 256, (side_h, side_w, 3), dtype=np.uint8)
 r = Restorer(model, device=sys.argv[2])
 t0 = time.perf_counter(); out = r.restore(img, out_dtype=np.uint8); dt = time.perf_counter() - t0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-try:  # Linux: ru_maxrss keeps the high-water mark of the (forked) parent across exec; VmHWM does not
-    with open("/proc/self/status") as f:
-        peak = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
-except (OSError, StopIteration):
-    pass
-print(peak, dt, out.tiles, out.tile_size)
+print(peak_rss_bytes(), dt, out.tiles, out.tile_size)
 """
 
 

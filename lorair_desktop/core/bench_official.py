@@ -2,7 +2,7 @@
 
 `bench_setting1()` restores a synthetic photo of the given size (24 MP by default, 3:2) through the
 normal Restorer path (route once, merge the experts once, run in tiles) and reports seconds per
-megapixel and the process's peak resident memory, sampled while it runs. Without installed weights
+megapixel and the process's peak resident memory during the restore. Without installed weights
 it uses random ones: the cost of the network does not depend on the values of its weights.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,35 +20,12 @@ import psutil
 import torch
 
 from .config import load_config
+from .cpu import peak_rss_bytes, reset_peak_rss
 from .errors import LoraIRError
 from .inference import DEFAULT_OVERLAP, Restorer
 from .model import LoRAIR
 
 __all__ = ["bench_setting1", "format_bench"]
-
-
-class _PeakRSS:
-    """Samples this process's RSS in a thread: ru_maxrss is lifetime-wide, this is the run's own peak."""
-
-    def __init__(self, interval: float = 0.05) -> None:
-        self.proc = psutil.Process(os.getpid())
-        self.interval = interval
-        self.peak = self.proc.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-
-    def __enter__(self) -> _PeakRSS:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.proc.memory_info().rss)
 
 
 def _load(preset: str | Path) -> tuple[LoRAIR, str]:
@@ -97,8 +73,8 @@ def bench_setting1(
     img += np.linspace(0.2, 0.7, w, dtype=np.float32)[None, :, None]
     if restorer.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(restorer.device)
-    with _PeakRSS() as peak:
-        res = restorer.restore(img, tile=tile, overlap=overlap, progress=progress)
+    reset_peak_rss()  # the restore's own peak, not the model build's (Linux; elsewhere the lifetime peak)
+    res = restorer.restore(img, tile=tile, overlap=overlap, progress=progress)
     mp = h * w / 1e6
     out: dict[str, Any] = {
         "model": model.cfg.name,
@@ -116,7 +92,7 @@ def bench_setting1(
         "restore_s": round(res.timings["restore_s"], 3),
         "s_per_mp": round(res.timings["restore_s"] / mp, 3),
         "baseline_rss_mb": round(rss / 2**20, 1),
-        "peak_rss_mb": round(peak.peak / 2**20, 1),
+        "peak_rss_mb": round(peak_rss_bytes() / 2**20, 1),
     }
     if restorer.device.type == "cuda":
         out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(restorer.device) / 2**20, 1)

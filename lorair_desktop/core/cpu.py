@@ -61,3 +61,26 @@ def keep_freed_memory(trim_mb: int = 128) -> bool:
         return bool(libc.mallopt(_M_TRIM_THRESHOLD, trim_mb * 2**20) == 1 and ok)
     except (OSError, AttributeError):
         return False
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory. Linux: VmHWM, which (unlike ru_maxrss) does not carry a
+    forked parent's peak across exec and can be reset (reset_peak_rss); elsewhere ru_maxrss."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError):
+        import resource
+        import sys
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+def reset_peak_rss() -> bool:
+    """Start peak_rss_bytes() afresh from the current footprint (Linux); False where it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False

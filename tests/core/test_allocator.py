@@ -1,7 +1,5 @@
-"""Freed tensor memory is reused, not faulted in again for every op (core.cpu.keep_freed_memory).
-
-glibc's own default is adaptive (its thresholds move with the frees it has seen), so only the tuned
-steady state is asserted: after a warm-up, a chain of tile-sized ops touches no fresh pages."""
+"""Process memory helpers in core.cpu: freed tensor memory is kept for reuse (keep_freed_memory),
+and the peak resident memory is read per process and can be reset (peak_rss_bytes, reset_peak_rss)."""
 
 import platform
 import subprocess
@@ -9,32 +7,59 @@ import sys
 
 import pytest
 
-# A fresh interpreter: the heap of a long test session is in no known state.
+glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc allocator only")
+
+# A fresh interpreter per case: glibc's thresholds adapt to the frees a process has seen, so only a
+# new process is in a known state. mallinfo2 says where a block came from and what the heap keeps.
 _PROBE = """
-import resource, torch
+import ctypes, sys, torch
 from lorair_desktop.core.cpu import keep_freed_memory
-SIZES = [2.25, 4.5, 9, 18, 4.5, 9, 2.25, 18, 9]  # MiB: activations of one 384-px tile, in op order
 
-def faults(rounds):
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(rounds):
-        live = []
-        for mb in SIZES:  # each op's output is allocated and its input freed two ops later
-            live.append(torch.ones(int(mb * 2**18)))
-            if len(live) > 2:
-                live.pop(0)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
 
-tuned = keep_freed_memory()
-faults(3)
-print(tuned, faults(10))
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+tuned = keep_freed_memory() if sys.argv[1] == "tuned" else None
+before = libc.mallinfo2()
+t = torch.ones(20 * 2**18)  # 20 MiB: the size of one activation of a 384-px tile
+during = libc.mallinfo2()
+del t
+after = libc.mallinfo2()
+print(tuned, during.hblkhd - before.hblkhd, after.fordblks)
 """
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc allocator only")
-def test_tile_sized_ops_reuse_freed_memory_without_page_faults() -> None:
-    out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=120, check=True)
-    tuned, faults = out.stdout.split()
+def _probe(mode: str) -> tuple[str, int, int]:
+    out = subprocess.run([sys.executable, "-c", _PROBE, mode], capture_output=True, text=True, timeout=120,
+                         check=True)
+    tuned, mapped, kept = out.stdout.split()
+    return tuned, int(mapped), int(kept)
+
+
+@glibc_only
+def test_tile_sized_blocks_come_from_the_heap_and_stay_there_once_freed() -> None:
+    mib = 2**20
+    _, mapped, kept = _probe("default")
+    assert mapped >= 20 * mib and kept < 20 * mib  # glibc's default: mmap()ed, and unmapped on free
+    tuned, mapped, kept = _probe("tuned")
     assert tuned == "True"
-    touched = int(10 * sum([2.25, 4.5, 9, 18, 4.5, 9, 2.25, 18, 9]) * 256)  # 4 KiB pages written
-    assert int(faults) < touched // 20  # measured 0 of ~196k
+    assert mapped == 0 and kept >= 20 * mib  # heap block, kept for the next op: no fresh page faults
+
+
+def test_peak_rss_follows_an_allocation_and_resets() -> None:
+    probe = """
+import torch
+from lorair_desktop.core.cpu import peak_rss_bytes, reset_peak_rss
+base = peak_rss_bytes()
+t = torch.ones(64 * 2**18)  # 64 MiB, every page touched
+grown = peak_rss_bytes()
+del t
+print(base, grown, reset_peak_rss(), peak_rss_bytes())
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    base, grown, reset, after = out.stdout.split()
+    assert int(grown) - int(base) >= 60 * 2**20
+    if sys.platform == "linux":
+        assert reset == "True" and int(after) < int(grown) - 60 * 2**20  # the freed block no longer counts
