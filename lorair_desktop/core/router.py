@@ -54,8 +54,8 @@ def _no_random_init_warning(record: logging.LogRecord) -> bool:
     return "No pretrained weights loaded" not in record.getMessage()
 
 
-def _shipped_rn_config(name: str) -> Path | None:
-    """model_configs/clip/<name>.json when the project has one and it describes a ModifiedResNet."""
+def _shipped_rn_config(name: str) -> dict | None:
+    """The parsed model_configs/clip/<name>.json when the project has one and it describes a ModifiedResNet."""
     for folder in reversed(_clip_config_dirs()):  # LORAIR_RESOURCES' first, as open_clip would resolve it
         path = folder / f"{name}.json"
         if path.parent != folder or not path.is_file():
@@ -64,7 +64,7 @@ def _shipped_rn_config(name: str) -> Path | None:
             cfg = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as e:
             raise ConfigError(f"cannot read tower config {path.name}", str(e)) from e
-        return path if isinstance(cfg, dict) and is_rn_config(cfg) else None
+        return cfg if isinstance(cfg, dict) and is_rn_config(cfg) else None
     return None
 
 

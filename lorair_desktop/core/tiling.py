@@ -74,8 +74,3 @@ def tile_profiles(t: Tile, height: int, width: int, overlap: int) -> tuple[np.nd
     wy = _ramp(t.h, overlap, t.y0 > 0, t.y0 + t.h < height)
     wx = _ramp(t.w, overlap, t.x0 > 0, t.x0 + t.w < width)
     return wy, wx
-
-
-def blend_weight(t: Tile, height: int, width: int, overlap: int) -> np.ndarray:
-    """(h, w) weights; sides touching the image border are not faded."""
-    return np.outer(*tile_profiles(t, height, width, overlap))

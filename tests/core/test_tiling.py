@@ -7,7 +7,7 @@ import pytest
 
 from lorair_desktop.core import Restorer
 from lorair_desktop.core.errors import Cancelled, ImageError
-from lorair_desktop.core.tiling import blend_weight, plan_tiles
+from lorair_desktop.core.tiling import plan_tiles, tile_profiles
 
 
 def _image(h: int = 208, w: int = 272) -> np.ndarray:
@@ -23,7 +23,7 @@ def test_plan_covers_every_pixel_with_positive_weight() -> None:
         acc = np.zeros((h, w))
         for tile in plan_tiles(h, w, t, o):
             assert tile.y0 + tile.h <= h and tile.x0 + tile.w <= w
-            acc[tile.y0 : tile.y0 + tile.h, tile.x0 : tile.x0 + tile.w] += blend_weight(tile, h, w, o)
+            acc[tile.y0 : tile.y0 + tile.h, tile.x0 : tile.x0 + tile.w] += np.outer(*tile_profiles(tile, h, w, o))
         assert acc.min() > 0.5
 
 
