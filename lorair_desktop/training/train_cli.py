@@ -11,8 +11,10 @@ from pathlib import Path
 import platformdirs
 import torch
 
-from ..core.config import load_config
+from ..core.checkpoint import read_checkpoint, save_checkpoint
+from ..core.config import ModelConfig, load_config
 from ..core.device import select_device
+from ..core.model import LoRAIR
 from ..errors import LoraIRError
 from .dataset import ImageBank, RestorationDataset, ValidationDataset, build_validation_set, photo_bank
 from .trainer import STAGES, StageConfig, StageRunner, load_or_init, stage_config_dict, write_run_info
@@ -54,6 +56,61 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-every", type=int, default=500)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--tasks",
+        default=None,
+        metavar="NAME[=W],...",
+        help="train and validate on these degradations only, with optional relative weights "
+        "(e.g. 'noise' for a single-task model, or 'jpeg=2,noise,blur,rain,haze,low-light')",
+    )
+    p.add_argument(
+        "--router-from",
+        type=Path,
+        default=None,
+        metavar="MODEL",
+        help="start a new run with the trained router of this checkpoint (same router config); "
+        "the router stage is then skipped",
+    )
+
+
+def parse_tasks(spec: str | None, experts: tuple[str, ...]) -> list[float] | None:
+    """Per-expert sampling weights from ``--tasks`` (None: all experts, uniformly)."""
+    if spec is None:
+        return None
+    weights = dict.fromkeys(experts, 0.0)
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, _, w = part.partition("=")
+        if name not in weights:
+            raise LoraIRError(f"--tasks: unknown degradation {name!r}", f"this preset has {', '.join(experts)}")
+        try:
+            weights[name] = float(w) if w else 1.0
+        except ValueError:
+            raise LoraIRError(f"--tasks: weight {w!r} of {name} is not a number", "write e.g. jpeg=2") from None
+        if not 0 < weights[name] < 1e6:
+            raise LoraIRError(f"--tasks: weight of {name} must be positive", "drop a task to leave it out")
+    if not any(weights.values()):
+        raise LoraIRError("--tasks names no degradation", f"choose from {', '.join(experts)}")
+    return [weights[n] for n in experts]
+
+
+def seed_router(run_dir: Path, cfg: ModelConfig, source: Path, seed: int) -> None:
+    """A new run whose router (tower + head) is taken from ``source``; the rest starts fresh."""
+    if (run_dir / "model.safetensors").exists():
+        raise LoraIRError(f"--router-from starts a new run, but {run_dir} already holds one",
+                          "choose an empty --run-dir, or drop --router-from to continue it")
+    src_cfg, tensors, _ = read_checkpoint(source)
+    if src_cfg.router != cfg.router or tuple(src_cfg.experts) != tuple(cfg.experts):
+        raise LoraIRError(f"{source.name}'s router differs from the {cfg.name} router (config or experts)",
+                          "use a checkpoint of the same preset")
+    torch.manual_seed(seed)
+    model = LoRAIR(cfg)
+    router = {k: v for k, v in tensors.items() if k.startswith("router.")}
+    own = {k: v for k, v in model.state_dict().items() if k.startswith("router.")}
+    if router.keys() != own.keys():
+        raise LoraIRError(f"{source.name} does not carry a complete router", "use a trained checkpoint")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in router.items()}, strict=False)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(model, run_dir / "model.safetensors")
 
 
 def _batches(ds: RestorationDataset, batch: int):
@@ -64,8 +121,14 @@ def _batches(ds: RestorationDataset, batch: int):
     return make
 
 
-def _val_batches(bank: ImageBank, names: tuple[str, ...], context: int, batch: int = 8) -> list:
-    vds = ValidationDataset(build_validation_set(bank, names, crop_size=context, crops_per_image=1, seed=1234))
+def _val_batches(
+    bank: ImageBank, names: tuple[str, ...], context: int, weights: list[float] | None = None, batch: int = 8
+) -> list:
+    """The fixed validation batches; with task weights, only the tasks trained on (same items)."""
+    samples = build_validation_set(bank, names, crop_size=context, crops_per_image=1, seed=1234)
+    if weights is not None:
+        samples = [s for s in samples if weights[s.label] > 0]
+    vds = ValidationDataset(samples)
     items = [vds[i] for i in range(len(vds))]
     return [
         tuple(torch.stack([it[k] for it in items[i : i + batch]]) for k in range(3))
@@ -80,11 +143,18 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(preset)
     run_dir = args.run_dir or default_run_dir(cfg.name)
     stages = list(STAGES) if args.stage == "all" else [args.stage]
+    if args.router_from is not None:
+        if "router" in stages and args.stage != "all":
+            raise LoraIRError("--router-from brings a trained router", "train --stage base or experts with it")
+        stages = [s for s in stages if s != "router"]
+    task_weights = parse_tasks(args.tasks, tuple(cfg.experts))
     if run_dir.exists() and any(run_dir.glob("state-*.pt")) and not args.resume:
         raise LoraIRError(
             f"a training run already exists in {run_dir}", "add --resume to continue it, or choose another --run-dir"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
+    if args.router_from is not None and not (args.resume and (run_dir / "model.safetensors").is_file()):
+        seed_router(run_dir, cfg, args.router_from, args.seed)
     device = select_device(args.device)
     if args.data is not None:
         train_bank = ImageBank.from_folder(args.data, "train")
@@ -104,6 +174,8 @@ def run(args: argparse.Namespace) -> int:
             "data": str(args.data) if args.data is not None else "photo manifest",
             "train_images": train_bank.names,
             "val_images": val_bank.names,
+            "tasks": args.tasks or "all",
+            **({"router_from": str(args.router_from)} if args.router_from is not None else {}),
         },
     )
     previous = json.loads((run_dir / "run.json").read_text())
@@ -124,11 +196,15 @@ def run(args: argparse.Namespace) -> int:
             val_every=args.val_every,
         )
         ds = RestorationDataset(
-            train_bank, cfg.experts, crop_size=context, length=10**9, seed=args.seed + 17 * STAGES.index(st)
+            train_bank,
+            cfg.experts,
+            crop_size=context,
+            length=10**9,
+            seed=args.seed + 17 * STAGES.index(st),
+            weights=task_weights,
         )
-        runner = StageRunner(
-            model, sc, run_dir, _batches(ds, sc.batch), _val_batches(val_bank, cfg.experts, context), device
-        )
+        val = _val_batches(val_bank, cfg.experts, context, task_weights)
+        runner = StageRunner(model, sc, run_dir, _batches(ds, sc.batch), val, device)
         runner.try_resume()
         if runner.step >= sc.steps:
             log.info("stage %s already complete (%d steps)", st, runner.step)

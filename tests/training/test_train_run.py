@@ -102,3 +102,46 @@ def test_router_learns_noise_vs_haze(tiny_config: Path, photo_folder: Path, tmp_
                 correct += int(model.route(x).logits.argmax(-1).item() == label)
                 total += 1
     assert correct / total >= 0.9, f"{correct}/{total}"
+
+
+def test_router_from_seeds_a_new_run(tiny_config: Path, photo_folder: Path, tmp_path: Path) -> None:
+    train(tiny_config, photo_folder, tmp_path / "all", "router", 10)
+    src = load_file(str(tmp_path / "all" / "model.safetensors"))
+    info = train(tiny_config, photo_folder, tmp_path / "single", "all", 6, "--tasks", "noise",
+                 "--router-from", str(tmp_path / "all" / "model.safetensors"))
+    got = load_file(str(tmp_path / "single" / "model.safetensors"))
+    router = [k for k in src if k.startswith("router.")]
+    assert router and all(torch.equal(src[k], got[k]) for k in router)
+    assert not (tmp_path / "single" / "state-router.pt").exists()
+    assert info["stage_base"]["done"] and info["stage_experts"]["done"]
+    assert info["tasks"] == "noise" and "stage_router" not in info
+    # a resumed run keeps its router (it is not seeded again) ...
+    again = train(tiny_config, photo_folder, tmp_path / "single", "base", 8, "--resume", "--tasks", "noise",
+                  "--router-from", str(tmp_path / "all" / "model.safetensors"))
+    assert again["stage_base"]["step"] == 8
+    # ... and a fresh run into a folder that holds one is refused rather than overwritten
+    rc = main(["train", "--preset", str(tiny_config), "--stage", "base", "--data", str(photo_folder),
+               "--router-from", str(tmp_path / "all" / "model.safetensors"), "--run-dir", str(tmp_path / "all")])
+    assert rc == 2
+
+
+def test_tasks_parse_and_select_validation(tiny_config: Path, photo_folder: Path) -> None:
+    from lorair_desktop.errors import LoraIRError
+    from lorair_desktop.training.dataset import ImageBank
+    from lorair_desktop.training.train_cli import _val_batches, parse_tasks
+
+    experts = ("noise", "haze")
+    assert parse_tasks(None, experts) is None
+    assert parse_tasks("noise", experts) == [1.0, 0.0]
+    assert parse_tasks("haze=2.5, noise", experts) == [1.0, 2.5]
+    for bad in ("rain", "noise=x", "noise=0", ",", "haze=-1"):
+        with pytest.raises(LoraIRError):
+            parse_tasks(bad, experts)
+    bank = ImageBank.from_folder(photo_folder, "val")
+    every = [lab for b in _val_batches(bank, experts, 64) for lab in b[2].tolist()]
+    only_haze = _val_batches(bank, experts, 64, [0.0, 1.0])
+    haze = [lab for b in only_haze for lab in b[2].tolist()]
+    assert sorted(set(every)) == [0, 1] and haze == [1] * every.count(1)
+    # the kept items are the very items of the full set
+    full_haze = [x for b in _val_batches(bank, experts, 64, batch=1) for x in [b] if int(b[2]) == 1]
+    assert torch.equal(torch.cat([b[0] for b in full_haze]), torch.cat([b[0] for b in only_haze]))
