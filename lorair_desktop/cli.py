@@ -17,9 +17,17 @@ from pathlib import Path
 
 from .errors import LoraIRError
 
-# Set before torch loads: OpenMP threads that spin while waiting slow ~10x when another program
-# (Krita, GIMP, the app) shares the cores; passive waiting costs little when the cores are free.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Long jobs that share the cores for hours wait passively in OpenMP: a spinning team slows 2-8x
+# beside another busy program. Restores keep the spinning wait, ~20 % faster on free cores, and
+# core.cpu.ThreadGovernor drops to fewer threads while other programs hold cores.
+PASSIVE_WAIT = frozenset({"train", "eval", "data"})
+
+
+def set_wait_policy(argv: list[str]) -> None:
+    """Set before torch loads (OpenMP reads it once); a user's own OMP_WAIT_POLICY wins."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command in PASSIVE_WAIT:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Subcommands owned by other layers: name -> module with add_arguments(parser) and run(args) -> int.
 SUBCOMMANDS: dict[str, str] = {
@@ -169,6 +177,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    set_wait_policy(argv)
     args = build_parser(argv).parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:

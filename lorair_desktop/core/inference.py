@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import torch
 
-from .cpu import keep_freed_memory
+from .cpu import ThreadGovernor, keep_freed_memory
 from .device import inference_dtype, select_device
 from .errors import Cancelled, ImageError
 from .model import LoRAIR
@@ -125,6 +125,8 @@ class Restorer:
         self.dtype = inference_dtype(self.device, precision)
         self.channels_last = channels_last and self.device.type != "mps"
         self.memory_budget_mb = memory_budget_mb
+        # CPU: fewer threads while other programs hold cores (spinning OpenMP teams collapse then).
+        self.governor = ThreadGovernor() if self.device.type == "cpu" else None
         self.model = model.to(self.device).eval()
         if self.channels_last:
             self.model.net.to(memory_format=torch.channels_last)
@@ -261,6 +263,8 @@ class Restorer:
             for t in row:
                 if cancel is not None and cancel():
                     raise Cancelled("the restore was cancelled", "")
+                if self.governor is not None:
+                    self.governor.update()
                 x = self._to_tensor(padded_block(img, t.y0, t.x0, t.h, t.w))
                 y = self._forward(x, prior, dtype)
                 if not torch.isfinite(y).all() and dtype != torch.float32:
