@@ -2,8 +2,10 @@
 writes a well-formed report (no timing is asserted)."""
 
 import json
+import os
 
 import numpy as np
+import psutil
 import pytest
 
 from lorair_desktop.cli import main
@@ -44,6 +46,9 @@ def test_bench_quick_json_report(small_model_path, tmp_path, capsys) -> None:
     assert rep["model"]["name"] == "lorair-compact"
     variants = {r["variant"] for r in rep["restore"]}
     assert {"whole image (no tiling)", "unmerged experts (reference path)"} <= variants
+    if (os.cpu_count() or 1) > 1:
+        assert "default, beside a program busy on 1 core" in variants
+    assert not psutil.Process().children()  # the busy neighbour is gone
     for r in rep["restore"]:
         assert r["s_per_mp"] > 0 and len(r["samples"]) == 1 and 0 <= r["router_share"] <= 1
     names = [r["variant"] for r in rep["backbone"]]

@@ -145,8 +145,9 @@ class ThreadGovernor:
         self._last = now
         return self.threads
 
-    def release(self) -> None:
-        """Give torch its full thread count back (for code that runs without a governor)."""
-        if self.threads != self.max_threads:
-            self.threads = self.max_threads
-            self._apply(self.max_threads)
+
+@functools.cache
+def shared_governor() -> ThreadGovernor:
+    """The process's one governor (torch's thread count is process-wide): its ceiling is torch's
+    thread count at the first call, so a restorer made while threads are lowered is not capped."""
+    return ThreadGovernor()

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import torch
 
-from .cpu import ThreadGovernor, keep_freed_memory
+from .cpu import ThreadGovernor, keep_freed_memory, shared_governor
 from .device import inference_dtype, select_device
 from .errors import Cancelled, ImageError
 from .model import LoRAIR
@@ -126,7 +126,7 @@ class Restorer:
         self.channels_last = channels_last and self.device.type != "mps"
         self.memory_budget_mb = memory_budget_mb
         # CPU: fewer threads while other programs hold cores (spinning OpenMP teams collapse then).
-        self.governor = ThreadGovernor() if self.device.type == "cpu" else None
+        self.governor: ThreadGovernor | None = shared_governor() if self.device.type == "cpu" else None
         self.model = model.to(self.device).eval()
         if self.channels_last:
             self.model.net.to(memory_format=torch.channels_last)
