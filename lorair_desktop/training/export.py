@@ -235,7 +235,9 @@ def _recipe_section(run: dict[str, Any], run_dir: Path) -> list[str]:
         if not res and st not in (recipe or {}):
             continue
         rc = (recipe or {}).get(st) or {**STAGE_DEFAULTS[st], "min_lr": 1e-5, "crop": crop_default}
-        full = " + base (full)" if rc.get("full") else ""
+        what = "LoRA experts + base network (full fine-tuning)" if st == "experts" and rc.get("full") else trains[st]
+        if rc.get("tasks", "all") != "all":
+            what += f"; tasks {rc['tasks']}"
         val = [h for h in res.get("history", []) if "val_psnr" in h or "val_acc" in h]
         last = "–"
         if val:
@@ -250,7 +252,7 @@ def _recipe_section(run: dict[str, Any], run_dir: Path) -> list[str]:
             losses = [h["loss"] for h in res.get("history", []) if "loss" in h]
             final = float(np.mean(losses[-3:])) if losses else None
         lines.append(
-            f"| {st} | {trains[st]}{full} | {loss[st]} | {steps} | {rc.get('batch')} | "
+            f"| {st} | {what} | {loss[st]} | {steps} | {rc.get('batch')} | "
             f"{rc.get('lr'):g} → {rc.get('min_lr', 1e-5):g} | {crop} / {rc.get('context')} | "
             f"{'yes' if rc.get('bf16') else 'no'} | {_fmt_minutes(wall)} | "
             f"{'–' if final is None else f'{final:.4f}'} | {last} |"

@@ -209,7 +209,8 @@ def run(args: argparse.Namespace) -> int:
         if runner.step >= sc.steps:
             log.info("stage %s already complete (%d steps)", st, runner.step)
             continue
-        recipe = {**stage_config_dict(sc), "context": context, "crop": None if st == "router" else crop}
+        recipe = {**stage_config_dict(sc), "context": context, "crop": None if st == "router" else crop,
+                  "tasks": args.tasks or "all"}
         write_run_info(run_dir, {"recipe": {**previous.get("recipe", {}), st: recipe}})
         previous = json.loads((run_dir / "run.json").read_text())
         t0 = time.monotonic()

@@ -94,9 +94,14 @@ def test_model_card(trained_run: Path, resources: Path, tmp_path: Path) -> None:
     run_json = trained_run / "run.json"
     original = run_json.read_text()
     try:
-        run_json.write_text(json.dumps({**json.loads(original), "notes": ["session 2: base +3000 steps"]}))
+        run = json.loads(original)
+        run["recipe"]["experts"] = {**run["recipe"]["experts"], "full": True, "tasks": "noise,jpeg=2"}
+        run_json.write_text(json.dumps({**run, "notes": ["session 2: base +3000 steps"]}))
         card = E.write_model_card(trained_run, None, tmp_path / "c3.md").read_text()
         assert "## Training history\n\n- session 2: base +3000 steps" in card
+        # a stage trained on chosen tasks (lorair train --tasks) says so in the recipe
+        assert "LoRA experts + base network (full fine-tuning); tasks noise,jpeg=2 |" in card
+        assert card.count("; tasks") == 1
     finally:
         run_json.write_text(original)
 
