@@ -174,7 +174,6 @@ def run(args: argparse.Namespace) -> int:
             "data": str(args.data) if args.data is not None else "photo manifest",
             "train_images": train_bank.names,
             "val_images": val_bank.names,
-            "tasks": args.tasks or "all",
             **({"router_from": str(args.router_from)} if args.router_from is not None else {}),
         },
     )
