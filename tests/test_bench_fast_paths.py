@@ -39,6 +39,7 @@ def test_bf16_is_close_to_fp32(small_model) -> None:
 
 def test_bench_quick_json_report(small_model_path, tmp_path, capsys) -> None:
     out = tmp_path / "bench.json"
+    before = {p.pid for p in psutil.Process().children()}  # other tests' workers may be running
     rc = main(["bench", "--quick", "--model", str(small_model_path), "--megapixels", "0.02", "--repeats", "1",
                "--skip", "memory,worker,gemm,peer", "--json", str(out)])
     assert rc == 0
@@ -48,7 +49,7 @@ def test_bench_quick_json_report(small_model_path, tmp_path, capsys) -> None:
     assert {"whole image (no tiling)", "unmerged experts (reference path)"} <= variants
     if (os.cpu_count() or 1) > 1:
         assert "default, beside a program busy on 1 core" in variants
-    assert not psutil.Process().children()  # the busy neighbour is gone
+    assert {p.pid for p in psutil.Process().children()} <= before  # the busy neighbour is gone
     for r in rep["restore"]:
         assert r["s_per_mp"] > 0 and len(r["samples"]) == 1 and 0 <= r["router_share"] <= 1
     names = [r["variant"] for r in rep["backbone"]]
