@@ -7,6 +7,7 @@ raw samples in the JSON report. Nothing is asserted; tests never time things.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -115,10 +116,7 @@ def bench_variants(model, device: str, sizes: list[float], repeats: int) -> list
             def run(r=r, call=call, res=res, img=img) -> None:
                 res["out"] = r.restore(img, **call)
 
-            if busy:
-                with BusyNeighbour(busy):
-                    t = _timeit(run, repeats)
-            else:
+            with BusyNeighbour(busy) if busy else contextlib.nullcontext():
                 t = _timeit(run, repeats)
             out = res["out"]
             rows.append({"size_mp": round(n_mp, 2), "variant": name, "s_per_mp": t["median_s"] / n_mp,

@@ -132,10 +132,11 @@ class ThreadGovernor:
 
     def update(self) -> int:
         """Re-decide once `interval_s` has passed since the last reading; returns the thread count."""
+        wall = self._clock() - self._last[0]
+        if wall < self.interval_s:  # called before every tile: read the machine's counters only when due
+            return self.threads
         now = self._sample()
         wall = now[0] - self._last[0]
-        if wall < self.interval_s:
-            return self.threads
         if now[1] >= 0 and self._last[1] >= 0:
             self.others = max(0.0, (now[1] - self._last[1]) - (now[2] - self._last[2])) / wall
             threads = max(1, self.max_threads - max(0, math.ceil(self.others - 0.5)))

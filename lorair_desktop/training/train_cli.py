@@ -11,7 +11,7 @@ from pathlib import Path
 import platformdirs
 import torch
 
-from ..core.checkpoint import read_checkpoint, save_checkpoint
+from ..core.checkpoint import load_checkpoint, save_checkpoint
 from ..core.config import ModelConfig, load_config
 from ..core.device import select_device
 from ..core.model import LoRAIR
@@ -98,17 +98,13 @@ def seed_router(run_dir: Path, cfg: ModelConfig, source: Path, seed: int) -> Non
     if (run_dir / "model.safetensors").exists():
         raise LoraIRError(f"--router-from starts a new run, but {run_dir} already holds one",
                           "choose an empty --run-dir, or drop --router-from to continue it")
-    src_cfg, tensors, _ = read_checkpoint(source)
-    if src_cfg.router != cfg.router or tuple(src_cfg.experts) != tuple(cfg.experts):
+    src = load_checkpoint(source)  # validated key for key against its own config
+    if src.cfg.router != cfg.router or tuple(src.experts) != tuple(cfg.experts):
         raise LoraIRError(f"{source.name}'s router differs from the {cfg.name} router (config or experts)",
                           "use a checkpoint of the same preset")
     torch.manual_seed(seed)
     model = LoRAIR(cfg)
-    router = {k: v for k, v in tensors.items() if k.startswith("router.")}
-    own = {k: v for k, v in model.state_dict().items() if k.startswith("router.")}
-    if router.keys() != own.keys():
-        raise LoraIRError(f"{source.name} does not carry a complete router", "use a trained checkpoint")
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in router.items()}, strict=False)
+    model.router.load_state_dict(src.router.state_dict())
     run_dir.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model, run_dir / "model.safetensors")
 
@@ -144,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     run_dir = args.run_dir or default_run_dir(cfg.name)
     stages = list(STAGES) if args.stage == "all" else [args.stage]
     if args.router_from is not None:
-        if "router" in stages and args.stage != "all":
+        if args.stage == "router":
             raise LoraIRError("--router-from brings a trained router", "train --stage base or experts with it")
         stages = [s for s in stages if s != "router"]
     task_weights = parse_tasks(args.tasks, tuple(cfg.experts))
