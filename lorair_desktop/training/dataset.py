@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from lorair_desktop.errors import LoraIRError
 from lorair_desktop.training.degradations import EXPERTS, degrade, degrade_mixed, make_training_pair, quantize8
@@ -29,9 +29,11 @@ from lorair_desktop.training.photos import default_photo_dir, load_manifest
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "BatchStream",
     "DatasetError",
     "ImageBank",
     "RestorationDataset",
+    "StepBatches",
     "ValSample",
     "ValidationDataset",
     "build_validation_set",
@@ -384,3 +386,61 @@ class ValidationDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         s = self.samples[index]
         return _to_chw(s.degraded), _to_chw(s.clean), torch.tensor(s.label, dtype=torch.int64)
+
+
+# ----------------------------------------------------------------------------------------------
+# training batches, made ahead in worker processes
+
+
+class StepBatches(Dataset):
+    """Item ``step``: the stacked batch of dataset items ``step·batch … step·batch + batch − 1``
+    (wrapping at ``len(ds)``), so a batch depends on its step alone."""
+
+    def __init__(self, ds: Dataset, batch: int, steps: int) -> None:
+        self.ds, self.batch, self.steps = ds, int(batch), int(steps)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, ...]:
+        n = len(self.ds)
+        items = [self.ds[(step * self.batch + i) % n] for i in range(self.batch)]
+        return tuple(torch.stack([it[k] for it in items]) for k in range(3))
+
+
+class BatchStream:
+    """``step -> batch`` for the trainer. With ``workers`` > 0 the batches are synthesised ahead, in
+    step order, by that many processes (a GPU outruns one CPU core's degradation synthesis ~20×);
+    a step asked out of order restarts the stream there. Either way batch ``s`` is the same."""
+
+    def __init__(self, batches: StepBatches, workers: int = 0, pin_memory: bool = False, prefetch: int = 4) -> None:
+        self.batches, self.workers, self.pin_memory, self.prefetch = batches, int(workers), pin_memory, prefetch
+        self._it = None
+        self._next = -1
+
+    def __call__(self, step: int) -> tuple[torch.Tensor, ...]:
+        if self.workers <= 0:
+            return self.batches[step]
+        if self._it is None or step != self._next:
+            self.close()
+            # OpenCV's thread pool does not survive fork: a forked worker that touches it waits forever.
+            # With one thread here the workers inherit a serial OpenCV (one process per core anyway);
+            # the trainer itself needs no OpenCV threads once the photos are loaded.
+            cv2.setNumThreads(1)
+            loader = DataLoader(
+                self.batches,
+                batch_size=None,
+                sampler=range(step, max(step + 1, len(self.batches))),
+                num_workers=self.workers,
+                prefetch_factor=self.prefetch,
+                pin_memory=self.pin_memory,
+            )
+            self._it = iter(loader)
+        self._next = step + 1
+        return next(self._it)
+
+    def close(self) -> None:
+        """Stop the worker processes (they are also stopped when the stream is collected)."""
+        it, self._it = self._it, None
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()

@@ -245,7 +245,11 @@ def _recipe_section(run: dict[str, Any], run_dir: Path) -> list[str]:
             last = (f"{100 * h['val_acc']:.1f} % acc" if "val_acc" in h else f"{h['val_psnr']:.2f} dB") + \
                 f" @ {h['step']}"
         crop = "–" if st == "router" else rc.get("crop", crop_default)
+        if st != "router" and rc.get("crops_per_context", 1) > 1:
+            crop = f"{crop} ×{rc['crops_per_context']}"
         steps = f"{res.get('step', 0)} / {rc.get('steps')}"
+        if rc.get("time_schedule"):
+            steps = f"{res.get('step', 0)} (schedule over {rc.get('minutes'):g} min)"
         wall = res.get("wall_s_total", res.get("wall_s"))
         final = res.get("loss")
         if final is None:

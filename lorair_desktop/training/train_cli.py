@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -16,7 +17,15 @@ from ..core.config import ModelConfig, load_config
 from ..core.device import select_device
 from ..core.model import LoRAIR
 from ..errors import LoraIRError
-from .dataset import ImageBank, RestorationDataset, ValidationDataset, build_validation_set, photo_bank
+from .dataset import (
+    BatchStream,
+    ImageBank,
+    RestorationDataset,
+    StepBatches,
+    ValidationDataset,
+    build_validation_set,
+    photo_bank,
+)
 from .trainer import STAGES, StageConfig, StageRunner, load_or_init, stage_config_dict, write_run_info
 
 log = logging.getLogger(__name__)
@@ -71,6 +80,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="start a new run with the trained router of this checkpoint (same router config); "
         "the router stage is then skipped",
     )
+    p.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        metavar="MODEL",
+        help="start a new run from all the weights of this checkpoint (same preset), e.g. to fine-tune "
+        "the shipped model on more data or a faster machine",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes that synthesise batches ahead (default: 0 on CPU, one per spare core on a GPU)",
+    )
+    p.add_argument(
+        "--crops-per-context",
+        type=int,
+        default=1,
+        help="network crops cut from each router context crop (base/experts); more uses each synthesised "
+        "sample more on a GPU",
+    )
+    p.add_argument(
+        "--time-schedule",
+        action="store_true",
+        help="with --minutes: the learning-rate schedule runs over the time budget (or --steps, whichever "
+        "ends first), so a session on hardware of unknown speed still ends annealed",
+    )
 
 
 def parse_tasks(spec: str | None, experts: tuple[str, ...]) -> list[float] | None:
@@ -93,28 +129,30 @@ def parse_tasks(spec: str | None, experts: tuple[str, ...]) -> list[float] | Non
     return [weights[n] for n in experts]
 
 
-def seed_router(run_dir: Path, cfg: ModelConfig, source: Path, seed: int) -> None:
-    """A new run whose router (tower + head) is taken from ``source``; the rest starts fresh."""
+def seed_run(run_dir: Path, cfg: ModelConfig, source: Path, seed: int, router_only: bool) -> None:
+    """A new run started from ``source``: its router alone (the rest fresh), or all its weights."""
+    flag = "--router-from" if router_only else "--init-from"
     if (run_dir / "model.safetensors").exists():
-        raise LoraIRError(f"--router-from starts a new run, but {run_dir} already holds one",
-                          "choose an empty --run-dir, or drop --router-from to continue it")
+        raise LoraIRError(f"{flag} starts a new run, but {run_dir} already holds one",
+                          f"choose an empty --run-dir, or drop {flag} to continue it")
     src = load_checkpoint(source)  # validated key for key against its own config
-    if src.cfg.router != cfg.router or tuple(src.experts) != tuple(cfg.experts):
-        raise LoraIRError(f"{source.name}'s router differs from the {cfg.name} router (config or experts)",
+    same = src.cfg.router == cfg.router and tuple(src.experts) == tuple(cfg.experts)
+    if not router_only:
+        same = same and src.cfg.net == cfg.net and src.cfg.lora == cfg.lora
+    if not same:
+        part = "router" if router_only else "network"
+        raise LoraIRError(f"{source.name}'s {part} differs from the {cfg.name} {part} (config or experts)",
                           "use a checkpoint of the same preset")
     torch.manual_seed(seed)
     model = LoRAIR(cfg)
-    model.router.load_state_dict(src.router.state_dict())
+    (model.router if router_only else model).load_state_dict((src.router if router_only else src).state_dict())
     run_dir.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model, run_dir / "model.safetensors")
 
 
-def _batches(ds: RestorationDataset, batch: int):
-    def make(step: int):
-        items = [ds[(step * batch + i) % len(ds)] for i in range(batch)]
-        return tuple(torch.stack([it[k] for it in items]) for k in range(3))
-
-    return make
+def default_workers(device: torch.device) -> int:
+    """On a GPU, one synthesis process per core but the trainer's; on a CPU the cores train."""
+    return 0 if device.type == "cpu" else max(1, min(16, (os.cpu_count() or 2) - 1))
 
 
 def _val_batches(
@@ -139,6 +177,12 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(preset)
     run_dir = args.run_dir or default_run_dir(cfg.name)
     stages = list(STAGES) if args.stage == "all" else [args.stage]
+    if args.router_from is not None and args.init_from is not None:
+        raise LoraIRError("--router-from and --init-from both seed a new run", "choose one of them")
+    if args.crops_per_context < 1:
+        raise LoraIRError("--crops-per-context must be at least 1")
+    if args.time_schedule and args.minutes is None:
+        raise LoraIRError("--time-schedule fits the schedule to --minutes", "add --minutes N")
     if args.router_from is not None:
         if args.stage == "router":
             raise LoraIRError("--router-from brings a trained router", "train --stage base or experts with it")
@@ -149,9 +193,11 @@ def run(args: argparse.Namespace) -> int:
             f"a training run already exists in {run_dir}", "add --resume to continue it, or choose another --run-dir"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
-    if args.router_from is not None and not (args.resume and (run_dir / "model.safetensors").is_file()):
-        seed_router(run_dir, cfg, args.router_from, args.seed)
+    source = args.router_from or args.init_from
+    if source is not None and not (args.resume and (run_dir / "model.safetensors").is_file()):
+        seed_run(run_dir, cfg, source, args.seed, router_only=args.router_from is not None)
     device = select_device(args.device)
+    workers = default_workers(device) if args.workers is None else max(0, args.workers)
     if args.data is not None:
         train_bank = ImageBank.from_folder(args.data, "train")
         val_bank = ImageBank.from_folder(args.data, "val")
@@ -171,6 +217,7 @@ def run(args: argparse.Namespace) -> int:
             "train_images": train_bank.names,
             "val_images": val_bank.names,
             **({"router_from": str(args.router_from)} if args.router_from is not None else {}),
+            **({"init_from": str(args.init_from)} if args.init_from is not None else {}),
         },
     )
     previous = json.loads((run_dir / "run.json").read_text())
@@ -189,6 +236,8 @@ def run(args: argparse.Namespace) -> int:
             bf16=args.bf16,
             seed=args.seed,
             val_every=args.val_every,
+            time_schedule=args.time_schedule,
+            crops_per_context=args.crops_per_context,
         )
         ds = RestorationDataset(
             train_bank,
@@ -199,7 +248,8 @@ def run(args: argparse.Namespace) -> int:
             weights=task_weights,
         )
         val = _val_batches(val_bank, cfg.experts, context, task_weights)
-        runner = StageRunner(model, sc, run_dir, _batches(ds, sc.batch), val, device)
+        stream = BatchStream(StepBatches(ds, sc.batch, sc.steps), workers, pin_memory=device.type == "cuda")
+        runner = StageRunner(model, sc, run_dir, stream, val, device)
         runner.try_resume()
         if runner.step >= sc.steps:
             log.info("stage %s already complete (%d steps)", st, runner.step)
@@ -209,7 +259,10 @@ def run(args: argparse.Namespace) -> int:
         write_run_info(run_dir, {"recipe": {**previous.get("recipe", {}), st: recipe}})
         previous = json.loads((run_dir / "run.json").read_text())
         t0 = time.monotonic()
-        result = runner.run(crop=None if st == "router" else crop)
+        try:
+            result = runner.run(crop=None if st == "router" else crop)
+        finally:
+            stream.close()
         result["wall_s"] = time.monotonic() - t0
         result["wall_s_total"] = runner.wall_s  # all sessions of this stage (kept in its state file)
         result["history"] = runner.history[-20:]

@@ -43,11 +43,13 @@ class StageConfig:
     stage: str
     steps: int = 2000
     minutes: float | None = None  # wall-clock budget; stops early (resumable) when spent
+    time_schedule: bool = False  # the lr schedule runs over `minutes` (or `steps`, whichever ends first)
     batch: int = 8
     lr: float = 1e-3
     min_lr: float = 1e-5
     weight_decay: float = 1e-3
     clip: float = 1.0
+    crops_per_context: int = 1  # network crops cut from each router context (same prior for each)
     full: bool = False  # experts stage: fine-tune the base too
     bf16: bool = False
     ckpt_every_s: float = 120.0
@@ -113,6 +115,8 @@ class StageRunner:
         self.wall_before = 0.0  # training seconds of earlier sessions of this stage (from the state file)
         self._t_session: float | None = None
         self.state_path = run_dir / f"state-{sc.stage}.pt"
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed training shapes: pick the fastest kernels once
         # The module whose forward trains: the router alone in its stage, else the whole model. DDP must
         # wrap exactly that module, since only a call through the wrapper synchronises gradients.
         trained: torch.nn.Module = model.router if sc.stage == "router" else model
@@ -121,11 +125,25 @@ class StageRunner:
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(trained, find_unused_parameters=True)
 
     # -- schedule --------------------------------------------------------------------------------
+    def progress(self) -> float:
+        """How far through its schedule the stage is (1: done): by steps, or, with a time schedule,
+        by training time over the budget when that is further (a GPU of unknown speed still ends
+        its session with the learning rate annealed)."""
+        done = self.step / max(1, self.sc.steps)
+        if self.sc.time_schedule and self.sc.minutes:
+            done = max(done, self.wall_s / (self.sc.minutes * 60))
+        return done
+
     def lr_at(self, step: int) -> float:
+        """Linear warm-up (100 steps or 5 % of the schedule, whichever is shorter), then cosine to min_lr."""
+        timed = self.sc.time_schedule and bool(self.sc.minutes)
         warm = min(100, self.sc.steps // 20)
-        if step < warm:
-            return self.sc.lr * (step + 1) / warm
-        t = (step - warm) / max(1, self.sc.steps - warm)
+        rise = (step + 1) / warm if warm else 1.0
+        if timed:
+            rise = max(rise, self.progress() / 0.05)
+        if rise < 1.0 or (step < warm and not timed):
+            return self.sc.lr * min(rise, 1.0)
+        t = self.progress() if timed else (step - warm) / max(1, self.sc.steps - warm)
         return self.sc.min_lr + 0.5 * (self.sc.lr - self.sc.min_lr) * (1 + math.cos(math.pi * min(t, 1.0)))
 
     @property
@@ -175,10 +193,14 @@ class StageRunner:
             return F.cross_entropy(self.ddp_model(deg).logits, labels)
         prior, mix = self._prior_and_mix(deg)
         if crop and deg.shape[-1] > crop:
-            # The router sees the whole context crop; the network trains on a random sub-crop of it.
+            # The router sees the whole context crop; the network trains on random sub-crops of it,
+            # each with the context's prior (as tiles of a photo share the photo's prior at inference).
             g = torch.Generator().manual_seed(self.sc.seed * 1_000_003 + self.step)
-            y0, x0 = (int(v) for v in torch.randint(0, deg.shape[-1] - crop + 1, (2,), generator=g))
-            deg, clean = deg[..., y0 : y0 + crop, x0 : x0 + crop], clean[..., y0 : y0 + crop, x0 : x0 + crop]
+            k = max(1, self.sc.crops_per_context)
+            pos = torch.randint(0, deg.shape[-1] - crop + 1, (2 * k,), generator=g).view(k, 2).tolist()
+            deg = torch.cat([deg[..., y : y + crop, x : x + crop] for y, x in pos])
+            clean = torch.cat([clean[..., y : y + crop, x : x + crop] for y, x in pos])
+            prior, mix = prior.repeat(k, 1), mix.repeat(k, 1)
         out = self.ddp_model(deg, prior, mix if st == "experts" else None)
         return psnr_loss(out, clean)
 
@@ -192,6 +214,9 @@ class StageRunner:
         self._t_session = t_start
         losses: list[float] = []
         while self.step < sc.steps:
+            if sc.time_schedule and self.progress() >= 1.0:
+                log.info("time schedule complete at step %d", self.step)
+                break
             if sc.minutes is not None and time.monotonic() - t_start > sc.minutes * 60:
                 log.info("time budget spent at step %d/%d (resumable)", self.step, sc.steps)
                 break
@@ -215,12 +240,16 @@ class StageRunner:
             if time.monotonic() - t_ckpt > sc.ckpt_every_s:
                 self.save()
                 t_ckpt = time.monotonic()
+        validated = any(h["step"] == self.step and ("val_psnr" in h or "val_acc" in h) for h in self.history[-2:])
+        if self.val and self.progress() >= 1.0 and not validated:  # a time schedule ends between validations
+            self.history.append({"step": self.step, **self.validate(crop)})
+            log.info("step %d validation %s", self.step, self.history[-1])
         self.wall_before, self._t_session = self.wall_s, None  # the session is over: stop the clock
         self.save()
         return {
             "stage": sc.stage,
             "step": self.step,
-            "done": self.step >= sc.steps,
+            "done": self.progress() >= 1.0,
             "loss": float(np.mean(losses[-50:])) if losses else None,
         }
 
@@ -230,6 +259,8 @@ class StageRunner:
         n = len(losses)
         rate = n / max(1e-9, time.monotonic() - t_start)
         eta = (self.sc.steps - self.step) / max(rate, 1e-9)
+        if self.sc.time_schedule and self.sc.minutes:
+            eta = min(eta, self.sc.minutes * 60 - self.wall_s)
         print(
             f"\r[{self.sc.stage}] step {self.step}/{self.sc.steps} loss {np.mean(losses[-20:]):.4f} "
             f"{rate:.2f} it/s ETA {eta / 60:.1f} min",

@@ -96,12 +96,17 @@ def test_model_card(trained_run: Path, resources: Path, tmp_path: Path) -> None:
     try:
         run = json.loads(original)
         run["recipe"]["experts"] = {**run["recipe"]["experts"], "full": True, "tasks": "noise,jpeg=2"}
+        run["recipe"]["base"] = {**run["recipe"]["base"], "time_schedule": True, "minutes": 3.6,
+                                 "crops_per_context": 4}
         run_json.write_text(json.dumps({**run, "notes": ["session 2: base +3000 steps"]}))
         card = E.write_model_card(trained_run, None, tmp_path / "c3.md").read_text()
         assert "## Training history\n\n- session 2: base +3000 steps" in card
         # a stage trained on chosen tasks (lorair train --tasks) says so in the recipe
         assert "LoRA experts + base network (full fine-tuning); tasks noise,jpeg=2 |" in card
         assert card.count("; tasks") == 1
+        # a stage on a time schedule states its budget, and several crops per context say how many
+        base_row = next(line for line in card.splitlines() if line.startswith("| base |"))
+        assert "(schedule over 3.6 min)" in base_row and " ×4 / " in base_row, base_row
     finally:
         run_json.write_text(original)
 

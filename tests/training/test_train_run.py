@@ -145,3 +145,81 @@ def test_tasks_parse_and_select_validation(tiny_config: Path, photo_folder: Path
     # the kept items are the very items of the full set
     full_haze = [x for b in _val_batches(bank, experts, 64, batch=1) for x in [b] if int(b[2]) == 1]
     assert torch.equal(torch.cat([b[0] for b in full_haze]), torch.cat([b[0] for b in only_haze]))
+
+
+def test_batch_stream_workers_make_the_serial_batches(photo_folder: Path) -> None:
+    from lorair_desktop.training.dataset import BatchStream, ImageBank, RestorationDataset, StepBatches
+
+    bank = ImageBank.from_folder(photo_folder, "train")
+    steps = StepBatches(RestorationDataset(bank, ("noise", "haze"), crop_size=48, length=1000, seed=3), 3, 20)
+    serial = BatchStream(steps)
+    ahead = BatchStream(steps, workers=2)
+    try:
+        # in order, then a jump (a resumed run) and a step asked twice: the stream restarts there
+        for step in (0, 1, 2, 7, 8, 8, 3):
+            want, got = serial(step), ahead(step)
+            assert all(torch.equal(a, b) for a, b in zip(want, got, strict=True)), step
+        assert got[0].shape == (3, 3, 48, 48) and got[2].dtype == torch.int64
+    finally:
+        ahead.close()
+
+
+def test_time_schedule_ends_the_stage_annealed(
+    tiny_config: Path, photo_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fake clock: 1 s per reading, so a 0.5 min budget ends after a reproducible number of steps.
+    clock = iter(range(10**6))
+    seen: list[float] = []
+    lr_at = trainer.StageRunner.lr_at
+    monkeypatch.setattr(trainer, "time", types.SimpleNamespace(monotonic=lambda: float(next(clock))))
+    monkeypatch.setattr(trainer.StageRunner, "lr_at", lambda self, step: seen.append(lr_at(self, step)) or seen[-1])
+    info = train(tiny_config, photo_folder, tmp_path / "run", "base", 100000, "--minutes", "0.5", "--time-schedule",
+                 "--crops-per-context", "2", "--val-every", "100000")
+    st = info["stage_base"]
+    assert st["done"] and 3 <= st["step"] < 100, st
+    # warm-up rises, then the cosine falls to the floor by the end of the time budget, not of the steps
+    assert max(seen) > seen[-1] and seen[-1] < 0.1 * max(seen)
+    # a stage ended by its schedule is validated at its last step (the model card shows it)
+    assert st["history"][-1]["step"] == st["step"] and "val_psnr" in st["history"][-1]
+    assert info["recipe"]["base"]["crops_per_context"] == 2 and info["recipe"]["base"]["time_schedule"]
+    rc = main(["train", "--preset", str(tiny_config), "--stage", "base", "--data", str(photo_folder),
+               "--time-schedule", "--run-dir", str(tmp_path / "other")])
+    assert rc == 2  # a time schedule needs --minutes
+
+
+def test_crops_per_context_train_each_crop_with_the_context_prior(tiny_config: Path) -> None:
+    from lorair_desktop.core.config import load_config
+
+    model = trainer.load_or_init(Path("/nonexistent"), load_config(tiny_config), 0)
+    sc = trainer.StageConfig(stage="base", steps=10, batch=2, crops_per_context=3)
+    runner = trainer.StageRunner(model, sc, Path("/nonexistent"), lambda s: None, None, torch.device("cpu"))
+    calls = []
+    real_forward = model.forward
+    def forward(image, prior, mix=None):
+        calls.append((image.shape, prior.shape))
+        return real_forward(image, prior, mix)
+
+    model.forward = forward
+    deg, clean = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    runner.loss_on(deg, clean, torch.zeros(2, dtype=torch.int64), crop=32)
+    (shape, prior_shape), = calls
+    assert shape == (6, 3, 32, 32) and prior_shape[0] == 6
+
+
+def test_init_from_seeds_every_weight(tiny_config: Path, photo_folder: Path, tmp_path: Path) -> None:
+    train(tiny_config, photo_folder, tmp_path / "src", "base", 6)
+    src = load_file(str(tmp_path / "src" / "model.safetensors"))
+    got_dir = tmp_path / "fine"
+    info = train(tiny_config, photo_folder, got_dir, "experts", 1, "--init-from",
+                 str(tmp_path / "src" / "model.safetensors"), "--lr", "1e-12")
+    got = load_file(str(got_dir / "model.safetensors"))
+    # an lr of 1e-12 leaves the weights as seeded: every tensor equals the source's (LoRA experts too)
+    assert src.keys() == got.keys()
+    assert all(torch.allclose(src[k], got[k], atol=1e-6) for k in src)
+    assert info["init_from"].endswith("model.safetensors") and info["stage_experts"]["step"] == 1
+    # both seeds at once, or a seed of another preset, are refused with a clear message
+    for extra in (["--router-from", str(tmp_path / "src" / "model.safetensors")], []):
+        rc = main(["train", "--preset", "compact" if not extra else str(tiny_config), "--stage", "base",
+                   "--data", str(photo_folder), "--init-from", str(tmp_path / "src" / "model.safetensors"),
+                   "--run-dir", str(tmp_path / f"bad{len(extra)}"), *extra])
+        assert rc == 2
