@@ -6,7 +6,7 @@ For a depthwise conv (groups = in = out) the product is (k, C*k), which views to
 
 Three ways to run, all giving the same result:
 - merged (inference): W = W0 + sum_i w_i delta_i folded once per image; the per-pixel cost is the plain conv's;
-- per-sample (training): each sample's merged weight, run as one grouped conv over the batch;
+- per-sample (training): each image's merged weight, run as one grouped conv over the batch;
 - unmerged (reference): conv(x, W0) + sum_i w_i conv(x, delta_i).
 """
 
@@ -45,7 +45,7 @@ class LoRAConv2d(nn.Module):
         for i in range(num_experts):
             nn.init.kaiming_uniform_(self.lora_A[i], a=math.sqrt(5))
         self._merged: Tensor | None = None  # W0 + mix, set by merge(); never written into conv.weight
-        self.mix: Tensor | None = None  # (B, E) per-sample weights for training
+        self.mix: Tensor | None = None  # (M, E) per-image weights for training (see _forward_per_sample)
         self.reference_mix: Tensor | None = None  # (E,) weights for the unmerged reference path
 
     # -- expert deltas ---------------------------------------------------------------------------
@@ -93,14 +93,17 @@ class LoRAConv2d(nn.Module):
                         c.stride, c.padding, c.dilation, c.groups)
 
     def _forward_per_sample(self, x: Tensor, mix: Tensor) -> Tensor:
+        """Sample n of the batch uses mix[n % M] (M = len(mix)): a batch of k·M samples holds k
+        crops of each of M images, crop-major. The M mixed weights run as one grouped conv with the
+        k crops as its batch, so a weight is built once per image, not once per crop."""
         c = self.conv
-        b = x.shape[0]
-        if mix.shape[0] != b:
-            raise ValueError(f"expert weights for {mix.shape[0]} samples, batch has {b}")
-        w = self.mixed_weight(mix)  # (B, out, in/g, k, k)
-        y = F.conv2d(x.reshape(1, -1, *x.shape[2:]), w.reshape(-1, *w.shape[2:]).to(x.dtype), None,
-                     c.stride, c.padding, c.dilation, c.groups * b)
-        y = y.reshape(b, -1, *y.shape[2:])
+        n, m = x.shape[0], mix.shape[0]
+        if m == 0 or n % m:
+            raise ValueError(f"expert weights for {m} samples, batch has {n} (needs a multiple)")
+        w = self.mixed_weight(mix)  # (M, out, in/g, k, k)
+        y = F.conv2d(x.reshape(n // m, -1, *x.shape[2:]), w.reshape(-1, *w.shape[2:]).to(x.dtype), None,
+                     c.stride, c.padding, c.dilation, c.groups * m)
+        y = y.reshape(n, -1, *y.shape[2:])
         if c.bias is not None:
             y = y + c.bias.view(1, -1, 1, 1).to(x.dtype)
         return y

@@ -72,7 +72,9 @@ class LoRAIR(nn.Module):
             layer.reference_mix = None if weights is None else weights.reshape(-1).float()
 
     def forward(self, image: Tensor, prior: Tensor, mix: Tensor | None = None) -> Tensor:
-        """Training forward: restored image for a batch, each sample with its own expert weights."""
+        """Training forward: restored image for a batch, each sample with its own expert weights.
+        ``mix`` may hold one row per image of a batch of k crops of each, crop-major (sample n uses
+        row n % len(mix)); ``prior`` has one row per sample."""
         self.set_sample_mix(mix)
         try:
             return self.net(image, prior)

@@ -43,6 +43,7 @@ __all__ = [
     "photo_bank",
     "select_split",
     "texture_score",
+    "to_float",
 ]
 
 log = logging.getLogger(__name__)
@@ -394,10 +395,16 @@ class ValidationDataset(Dataset):
 
 class StepBatches(Dataset):
     """Item ``step``: the stacked batch of dataset items ``step·batch … step·batch + batch − 1``
-    (wrapping at ``len(ds)``), so a batch depends on its step alone."""
+    (wrapping at ``len(ds)``), so a batch depends on its step alone.
 
-    def __init__(self, ds: Dataset, batch: int, steps: int) -> None:
-        self.ds, self.batch, self.steps = ds, int(batch), int(steps)
+    With ``as_uint8`` the images travel as 8-bit values (a quarter of the bytes between processes
+    and to a GPU); ``to_float`` turns them back into exactly the float values. Only for datasets whose
+    degraded images are quantised to 8 bits (the clean crops always are)."""
+
+    def __init__(self, ds: Dataset, batch: int, steps: int, as_uint8: bool = False) -> None:
+        if as_uint8 and not getattr(ds, "quantize", False):
+            raise ValueError("as_uint8 needs a dataset that quantises its degraded images to 8 bits")
+        self.ds, self.batch, self.steps, self.as_uint8 = ds, int(batch), int(steps), as_uint8
 
     def __len__(self) -> int:
         return self.steps
@@ -405,7 +412,15 @@ class StepBatches(Dataset):
     def __getitem__(self, step: int) -> tuple[torch.Tensor, ...]:
         n = len(self.ds)
         items = [self.ds[(step * self.batch + i) % n] for i in range(self.batch)]
-        return tuple(torch.stack([it[k] for it in items]) for k in range(3))
+        deg, clean, labels = (torch.stack([it[k] for it in items]) for k in range(3))
+        if self.as_uint8:
+            deg, clean = (t.mul(255.0).round_().to(torch.uint8) for t in (deg, clean))
+        return deg, clean, labels
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """8-bit batches (``StepBatches(as_uint8=True)``) as float32 in [0, 1]; float batches as they are."""
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images
 
 
 class BatchStream:

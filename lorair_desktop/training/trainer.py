@@ -31,6 +31,7 @@ from ..core.checkpoint import load_checkpoint, save_checkpoint
 from ..core.config import ModelConfig
 from ..core.model import LoRAIR
 from ..core.routing import topk_softmax
+from .dataset import to_float
 
 log = logging.getLogger(__name__)
 STAGES = ("router", "base", "experts")
@@ -200,7 +201,7 @@ class StageRunner:
             pos = torch.randint(0, deg.shape[-1] - crop + 1, (2 * k,), generator=g).view(k, 2).tolist()
             deg = torch.cat([deg[..., y : y + crop, x : x + crop] for y, x in pos])
             clean = torch.cat([clean[..., y : y + crop, x : x + crop] for y, x in pos])
-            prior, mix = prior.repeat(k, 1), mix.repeat(k, 1)
+            prior = prior.repeat(k, 1)  # mix stays one row per context: crop-major batches share it
         out = self.ddp_model(deg, prior, mix if st == "experts" else None)
         return psnr_loss(out, clean)
 
@@ -222,7 +223,8 @@ class StageRunner:
                 break
             for g in self.opt.param_groups:
                 g["lr"] = self.lr_at(self.step)
-            deg, clean, labels = (t.to(self.device) for t in self.batches(self.step))
+            deg, clean, labels = (t.to(self.device, non_blocking=True) for t in self.batches(self.step))
+            deg, clean = to_float(deg), to_float(clean)  # 8-bit batches become floats on the device
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=sc.bf16):
                 loss = self.loss_on(deg, clean, labels, crop)
             self.opt.zero_grad(set_to_none=True)

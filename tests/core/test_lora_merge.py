@@ -62,6 +62,30 @@ def test_per_sample_mix_matches_each_sample_merged() -> None:
         layer.unmerge()
 
 
+def test_crops_of_one_image_share_its_mix_row() -> None:
+    # 2 crops of each of 3 images, crop-major: sample n uses mix row n % 3, as if the rows were repeated
+    for groups in (1, 8):
+        layer = _layer(groups)
+        x = torch.rand(6, 8, 12, 12)
+        mix = torch.tensor([[1.0, 0, 0], [0, 0.4, 0.6], [0.2, 0.0, 0.5]])
+        layer.mix = mix
+        shared = layer(x)
+        layer.mix = mix.repeat(2, 1)
+        repeated = layer(x)
+        assert (shared - repeated).abs().max().item() <= 1e-5
+        assert shared.requires_grad  # trains through the shared rows
+        layer.mix = mix[:2]  # 3 crops of each of 2 images is fine; 4 rows for 6 samples is not
+        layer(x)
+        layer.mix = torch.zeros(4, 3)
+        try:
+            layer(x)
+        except ValueError as exc:
+            assert "multiple" in str(exc)
+        else:
+            raise AssertionError("a batch that is not a multiple of the mix rows must be refused")
+        layer.mix = None
+
+
 def test_whole_model_merged_vs_unmerged(small_model) -> None:
     torch.manual_seed(1)
     x = torch.rand(1, 3, 48, 64)

@@ -148,20 +148,25 @@ def test_tasks_parse_and_select_validation(tiny_config: Path, photo_folder: Path
 
 
 def test_batch_stream_workers_make_the_serial_batches(photo_folder: Path) -> None:
-    from lorair_desktop.training.dataset import BatchStream, ImageBank, RestorationDataset, StepBatches
+    from lorair_desktop.training.dataset import BatchStream, ImageBank, RestorationDataset, StepBatches, to_float
 
     bank = ImageBank.from_folder(photo_folder, "train")
-    steps = StepBatches(RestorationDataset(bank, ("noise", "haze"), crop_size=48, length=1000, seed=3), 3, 20)
-    serial = BatchStream(steps)
-    ahead = BatchStream(steps, workers=2)
+    ds = RestorationDataset(bank, ("noise", "haze"), crop_size=48, length=1000, seed=3)
+    serial = BatchStream(StepBatches(ds, 3, 20))
+    # the workers send 8-bit batches (a quarter of the bytes); to_float gives back the very floats
+    ahead = BatchStream(StepBatches(ds, 3, 20, as_uint8=True), workers=2)
     try:
         # in order, then a jump (a resumed run) and a step asked twice: the stream restarts there
         for step in (0, 1, 2, 7, 8, 8, 3):
             want, got = serial(step), ahead(step)
+            assert got[0].dtype == got[1].dtype == torch.uint8
+            got = (to_float(got[0]), to_float(got[1]), got[2])
             assert all(torch.equal(a, b) for a, b in zip(want, got, strict=True)), step
         assert got[0].shape == (3, 3, 48, 48) and got[2].dtype == torch.int64
     finally:
         ahead.close()
+    with pytest.raises(ValueError, match="quantise"):
+        StepBatches(RestorationDataset(bank, ("noise",), crop_size=48, quantize=False), 3, 20, as_uint8=True)
 
 
 def test_time_schedule_ends_the_stage_annealed(
@@ -223,3 +228,11 @@ def test_init_from_seeds_every_weight(tiny_config: Path, photo_folder: Path, tmp
                    "--data", str(photo_folder), "--init-from", str(tmp_path / "src" / "model.safetensors"),
                    "--run-dir", str(tmp_path / f"bad{len(extra)}"), *extra])
         assert rc == 2
+
+
+def test_training_with_workers_equals_training_without(tiny_config: Path, photo_folder: Path, tmp_path: Path) -> None:
+    train(tiny_config, photo_folder, tmp_path / "serial", "experts", 5, "--workers", "0", "--crops-per-context", "2")
+    train(tiny_config, photo_folder, tmp_path / "ahead", "experts", 5, "--workers", "2", "--crops-per-context", "2")
+    a = load_file(str(tmp_path / "serial" / "model.safetensors"))
+    b = load_file(str(tmp_path / "ahead" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
