@@ -124,6 +124,7 @@ class ThreadGovernor:
         self.interval_s = interval_s
         self._busy, self._own, self._clock, self._apply = busy, own, clock, apply
         self.threads = self.max_threads
+        self._apply(self.threads)  # start at the ceiling, whatever torch was left at
         self.others = 0.0  # cores busy with other programs, last reading
         self._last = self._sample()
 

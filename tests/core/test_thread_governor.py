@@ -32,14 +32,15 @@ class Machine:
 def test_threads_follow_the_other_programs_load() -> None:
     m, applied = Machine(), []
     g = m.governor(2, applied)
+    assert applied == [2]  # a new governor starts at its ceiling, whatever torch was left at
     m.run(0.5, ours=2, others=0.1)
-    assert g.update() == 2 and applied == []  # a little background load: keep both threads
+    assert g.update() == 2 and applied == [2]  # a little background load: keep both threads
     m.run(0.5, ours=1.2, others=1.0)  # another program takes a core
-    assert g.update() == 1 and applied == [1] and abs(g.others - 1.0) < 1e-9
+    assert g.update() == 1 and applied == [2, 1] and abs(g.others - 1.0) < 1e-9
     m.run(0.1, ours=1, others=0)
-    assert g.update() == 1 and applied == [1]  # under the interval: no new decision yet
+    assert g.update() == 1 and applied == [2, 1]  # under the interval: no new decision yet
     m.run(0.4, ours=1, others=0)  # it left (the reading covers the whole 0.5 s)
-    assert g.update() == 2 and applied == [1, 2]
+    assert g.update() == 2 and applied == [2, 1, 2]
     four = m.governor(4, applied := [])
     for others, want in ((0.4, 4), (0.9, 3), (1.6, 2), (3.5, 1), (0.0, 4)):
         m.run(1.0, ours=1, others=others)
@@ -50,7 +51,7 @@ def test_unknown_load_keeps_every_thread() -> None:
     applied: list[int] = []
     t = iter(range(100))
     g = ThreadGovernor(2, 0.2, lambda: -1.0, lambda: 0.0, lambda: float(next(t)), applied.append)
-    assert g.update() == 2 and g.update() == 2 and applied == []
+    assert g.update() == 2 and g.update() == 2 and applied == [2]
 
 
 def test_real_readings_see_a_busy_neighbour() -> None:
