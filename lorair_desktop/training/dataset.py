@@ -395,23 +395,30 @@ class ValidationDataset(Dataset):
 
 class StepBatches(Dataset):
     """Item ``step``: the stacked batch of dataset items ``step·batch … step·batch + batch − 1``
-    (wrapping at ``len(ds)``), so a batch depends on its step alone.
+    (wrapping at ``len(ds)``), so a batch depends on its step alone. Under DDP, rank ``r`` of
+    ``world`` takes the ``r``-th of ``world`` consecutive batches: every process trains on its own.
 
     With ``as_uint8`` the images travel as 8-bit values (a quarter of the bytes between processes
     and to a GPU); ``to_float`` turns them back into exactly the float values. Only for datasets whose
     degraded images are quantised to 8 bits (the clean crops always are)."""
 
-    def __init__(self, ds: Dataset, batch: int, steps: int, as_uint8: bool = False) -> None:
+    def __init__(
+        self, ds: Dataset, batch: int, steps: int, as_uint8: bool = False, rank: int = 0, world: int = 1
+    ) -> None:
         if as_uint8 and not getattr(ds, "quantize", False):
             raise ValueError("as_uint8 needs a dataset that quantises its degraded images to 8 bits")
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} outside a world of {world}")
         self.ds, self.batch, self.steps, self.as_uint8 = ds, int(batch), int(steps), as_uint8
+        self.rank, self.world = rank, world
 
     def __len__(self) -> int:
         return self.steps
 
     def __getitem__(self, step: int) -> tuple[torch.Tensor, ...]:
         n = len(self.ds)
-        items = [self.ds[(step * self.batch + i) % n] for i in range(self.batch)]
+        first = (step * self.world + self.rank) * self.batch
+        items = [self.ds[(first + i) % n] for i in range(self.batch)]
         deg, clean, labels = (torch.stack([it[k] for it in items]) for k in range(3))
         if self.as_uint8:
             deg, clean = (t.mul(255.0).round_().to(torch.uint8) for t in (deg, clean))

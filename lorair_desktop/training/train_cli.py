@@ -7,10 +7,12 @@ import json
 import logging
 import os
 import time
+from functools import partial
 from pathlib import Path
 
 import platformdirs
 import torch
+import torch.distributed as dist
 
 from ..core.checkpoint import load_checkpoint, save_checkpoint
 from ..core.config import ModelConfig, load_config
@@ -26,7 +28,7 @@ from .dataset import (
     build_validation_set,
     photo_bank,
 )
-from .trainer import STAGES, StageConfig, StageRunner, load_or_init, stage_config_dict, write_run_info
+from .trainer import STAGES, StageConfig, StageRunner, ddp_info, load_or_init, stage_config_dict, write_run_info
 
 log = logging.getLogger(__name__)
 
@@ -192,11 +194,17 @@ def run(args: argparse.Namespace) -> int:
         raise LoraIRError(
             f"a training run already exists in {run_dir}", "add --resume to continue it, or choose another --run-dir"
         )
+    rank, world = ddp_info()  # under torchrun: joins the process group; rank 0 alone writes the run folder
     run_dir.mkdir(parents=True, exist_ok=True)
     source = args.router_from or args.init_from
-    if source is not None and not (args.resume and (run_dir / "model.safetensors").is_file()):
+    if rank == 0 and source is not None and not (args.resume and (run_dir / "model.safetensors").is_file()):
         seed_run(run_dir, cfg, source, args.seed, router_only=args.router_from is not None)
+    if world > 1:
+        dist.barrier()  # the other ranks load the seeded model
     device = select_device(args.device)
+    if world > 1 and device.type == "cuda":  # one GPU per process
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
     workers = default_workers(device) if args.workers is None else max(0, args.workers)
     if args.data is not None:
         train_bank = ImageBank.from_folder(args.data, "train")
@@ -206,8 +214,9 @@ def run(args: argparse.Namespace) -> int:
     model = load_or_init(run_dir, cfg, args.seed).to(device)
     from .evaluate import hardware_info  # lazy: only needed here, for the model card
 
-    write_run_info(
-        run_dir,
+    info = partial(write_run_info, run_dir) if rank == 0 else lambda _info: None
+    say = print if rank == 0 else lambda *_a, **_k: None
+    info(
         {
             "preset": cfg.name,
             "config": cfg.to_dict(),
@@ -220,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
             **({"init_from": str(args.init_from)} if args.init_from is not None else {}),
         },
     )
-    previous = json.loads((run_dir / "run.json").read_text())
+    previous = json.loads((run_dir / "run.json").read_text()) if rank == 0 else {}
     crop = args.crop or cfg.net.train_size
     for st in stages:
         d = STAGE_DEFAULTS[st]
@@ -249,8 +258,8 @@ def run(args: argparse.Namespace) -> int:
         )
         val = _val_batches(val_bank, cfg.experts, context, task_weights)
         # Across processes the batches travel as 8 bits: a quarter of the bytes, the same values.
-        stream = BatchStream(StepBatches(ds, sc.batch, sc.steps, as_uint8=workers > 0), workers,
-                             pin_memory=device.type == "cuda")
+        batches = StepBatches(ds, sc.batch, sc.steps, as_uint8=workers > 0, rank=rank, world=world)
+        stream = BatchStream(batches, workers, pin_memory=device.type == "cuda")
         runner = StageRunner(model, sc, run_dir, stream, val, device)
         runner.try_resume()
         if runner.step >= sc.steps:
@@ -258,8 +267,8 @@ def run(args: argparse.Namespace) -> int:
             continue
         recipe = {**stage_config_dict(sc), "context": context, "crop": None if st == "router" else crop,
                   "tasks": args.tasks or "all"}
-        write_run_info(run_dir, {"recipe": {**previous.get("recipe", {}), st: recipe}})
-        previous = json.loads((run_dir / "run.json").read_text())
+        previous = {**previous, "recipe": {**previous.get("recipe", {}), st: recipe}}
+        info({"recipe": previous["recipe"]})
         t0 = time.monotonic()
         try:
             result = runner.run(crop=None if st == "router" else crop)
@@ -268,16 +277,16 @@ def run(args: argparse.Namespace) -> int:
         result["wall_s"] = time.monotonic() - t0
         result["wall_s_total"] = runner.wall_s  # all sessions of this stage (kept in its state file)
         result["history"] = runner.history[-20:]
-        write_run_info(run_dir, {f"stage_{st}": result})
-        print(
+        info({f"stage_{st}": result})
+        say(
             f"[{st}] step {result['step']}/{sc.steps} loss {result['loss']}, {result['wall_s'] / 60:.1f} min, "
             f"last {[h for h in runner.history if 'val_psnr' in h or 'val_acc' in h][-1:]}"
         )
         if not result["done"]:
-            print(
+            say(
                 f"stopped by the time budget; continue with: lorair train --preset {args.preset} --stage {st} "
                 f"--resume --run-dir {run_dir}"
             )
             return 0
-    print(f"run folder: {run_dir} (model.safetensors)")
+    say(f"run folder: {run_dir} (model.safetensors)")
     return 0

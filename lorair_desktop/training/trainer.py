@@ -135,16 +135,18 @@ class StageRunner:
             done = max(done, self.wall_s / (self.sc.minutes * 60))
         return done
 
-    def lr_at(self, step: int) -> float:
+    def lr_at(self, step: int, progress: float | None = None) -> float:
         """Linear warm-up (100 steps or 5 % of the schedule, whichever is shorter), then cosine to min_lr."""
         timed = self.sc.time_schedule and bool(self.sc.minutes)
+        if progress is None:
+            progress = self.progress()
         warm = min(100, self.sc.steps // 20)
         rise = (step + 1) / warm if warm else 1.0
         if timed:
-            rise = max(rise, self.progress() / 0.05)
+            rise = max(rise, progress / 0.05)
         if rise < 1.0 or (step < warm and not timed):
             return self.sc.lr * min(rise, 1.0)
-        t = self.progress() if timed else (step - warm) / max(1, self.sc.steps - warm)
+        t = progress if timed else (step - warm) / max(1, self.sc.steps - warm)
         return self.sc.min_lr + 0.5 * (self.sc.lr - self.sc.min_lr) * (1 + math.cos(math.pi * min(t, 1.0)))
 
     @property
@@ -214,15 +216,17 @@ class StageRunner:
         t_ckpt = t_start
         self._t_session = t_start
         losses: list[float] = []
+        progress = self.progress()
         while self.step < sc.steps:
-            if sc.time_schedule and self.progress() >= 1.0:
+            progress, spent = self._shared_clock(t_start)
+            if sc.time_schedule and progress >= 1.0:
                 log.info("time schedule complete at step %d", self.step)
                 break
-            if sc.minutes is not None and time.monotonic() - t_start > sc.minutes * 60:
+            if spent:
                 log.info("time budget spent at step %d/%d (resumable)", self.step, sc.steps)
                 break
             for g in self.opt.param_groups:
-                g["lr"] = self.lr_at(self.step)
+                g["lr"] = self.lr_at(self.step, progress)
             deg, clean, labels = (t.to(self.device, non_blocking=True) for t in self.batches(self.step))
             deg, clean = to_float(deg), to_float(clean)  # 8-bit batches become floats on the device
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=sc.bf16):
@@ -242,8 +246,10 @@ class StageRunner:
             if time.monotonic() - t_ckpt > sc.ckpt_every_s:
                 self.save()
                 t_ckpt = time.monotonic()
+        if self.step >= sc.steps:
+            progress = 1.0
         validated = any(h["step"] == self.step and ("val_psnr" in h or "val_acc" in h) for h in self.history[-2:])
-        if self.val and self.progress() >= 1.0 and not validated:  # a time schedule ends between validations
+        if self.val and progress >= 1.0 and not validated:  # a time schedule ends between validations
             self.history.append({"step": self.step, **self.validate(crop)})
             log.info("step %d validation %s", self.step, self.history[-1])
         self.wall_before, self._t_session = self.wall_s, None  # the session is over: stop the clock
@@ -251,9 +257,20 @@ class StageRunner:
         return {
             "stage": sc.stage,
             "step": self.step,
-            "done": self.progress() >= 1.0,
+            "done": progress >= 1.0,
             "loss": float(np.mean(losses[-50:])) if losses else None,
         }
+
+    def _shared_clock(self, t_start: float) -> tuple[float, bool]:
+        """(schedule progress, time budget spent) as rank 0 sees them. Under DDP every rank must take
+        the same learning rate and stop at the same step, or the replicas drift apart or wait forever."""
+        progress = self.progress()
+        spent = self.sc.minutes is not None and time.monotonic() - t_start > self.sc.minutes * 60
+        if self.world > 1:
+            shared = torch.tensor([progress, float(spent)], dtype=torch.float64, device=self.device)
+            dist.broadcast(shared, src=0)
+            progress, spent = float(shared[0]), bool(shared[1])
+        return progress, spent
 
     def _report(self, losses: list[float], t_start: float) -> None:
         if self.rank != 0:

@@ -4,6 +4,7 @@ and the router learns an easy case."""
 from __future__ import annotations
 
 import json
+import os
 import types
 from pathlib import Path
 
@@ -177,7 +178,7 @@ def test_time_schedule_ends_the_stage_annealed(
     seen: list[float] = []
     lr_at = trainer.StageRunner.lr_at
     monkeypatch.setattr(trainer, "time", types.SimpleNamespace(monotonic=lambda: float(next(clock))))
-    monkeypatch.setattr(trainer.StageRunner, "lr_at", lambda self, step: seen.append(lr_at(self, step)) or seen[-1])
+    monkeypatch.setattr(trainer.StageRunner, "lr_at", lambda self, *a: seen.append(lr_at(self, *a)) or seen[-1])
     info = train(tiny_config, photo_folder, tmp_path / "run", "base", 100000, "--minutes", "0.5", "--time-schedule",
                  "--crops-per-context", "2", "--val-every", "100000")
     st = info["stage_base"]
@@ -236,3 +237,48 @@ def test_training_with_workers_equals_training_without(tiny_config: Path, photo_
     a = load_file(str(tmp_path / "serial" / "model.safetensors"))
     b = load_file(str(tmp_path / "ahead" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ddp_ranks_train_on_their_own_batches(photo_folder: Path) -> None:
+    from lorair_desktop.training.dataset import ImageBank, RestorationDataset, StepBatches
+
+    ds = RestorationDataset(ImageBank.from_folder(photo_folder, "train"), ("noise", "haze"), crop_size=32, seed=5)
+    single = StepBatches(ds, 2, 10)
+    ranks = [StepBatches(ds, 2, 10, rank=r, world=2) for r in range(2)]
+    # rank r at step s takes the batch a single process would draw at step 2s + r: none shared, none lost
+    for step in range(3):
+        for r in range(2):
+            assert all(torch.equal(a, b) for a, b in zip(ranks[r][step], single[2 * step + r], strict=True))
+    assert not torch.equal(ranks[0][0][0], ranks[1][0][0])
+    with pytest.raises(ValueError):
+        StepBatches(ds, 2, 10, rank=2, world=2)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes(tiny_config: Path, photo_folder: Path, tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    # the child processes learn the tiny test tower from a resources folder (LORAIR_RESOURCES)
+    towers = tmp_path / "res" / "model_configs" / "clip"
+    shutil.copytree(tiny_config.parent / "clip", towers)
+    run_dir = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "lorair_desktop.cli", "train", "--preset", str(tiny_config), "--stage", "experts", "--data",
+           str(photo_folder), "--steps", "4", "--batch", "2", "--context", "64", "--crop", "32", "--run-dir",
+           str(run_dir), "--val-every", "100", "--threads", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LORAIR_RESOURCES": str(tmp_path / "res")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads((run_dir / "run.json").read_text())  # one writer: a whole, valid file
+    assert info["stage_experts"]["done"] and info["stage_experts"]["step"] == 4
+    assert proc.stdout.count("run folder:") == 1  # rank 0 alone reports
+    # a stage on a time budget: every rank stops at rank 0's step (a rank left behind would wait forever)
+    timed = [*cmd[:8], "train", "--preset", str(tiny_config), "--stage", "base", "--data", str(photo_folder),
+             "--steps", "100000", "--minutes", "0.1", "--time-schedule", "--batch", "2", "--context", "64",
+             "--crop", "32", "--run-dir", str(run_dir), "--resume", "--val-every", "100000", "--threads", "1"]
+    proc = subprocess.run(timed, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    base = json.loads((run_dir / "run.json").read_text())["stage_base"]
+    assert base["done"] and 0 < base["step"] < 100000 and "val_psnr" in base["history"][-1]
