@@ -152,9 +152,11 @@ def seed_run(run_dir: Path, cfg: ModelConfig, source: Path, seed: int, router_on
     save_checkpoint(model, run_dir / "model.safetensors")
 
 
-def default_workers(device: torch.device) -> int:
-    """On a GPU, one synthesis process per core but the trainer's; on a CPU the cores train."""
-    return 0 if device.type == "cpu" else max(1, min(16, (os.cpu_count() or 2) - 1))
+def default_workers(device: torch.device, processes: int = 1) -> int:
+    """On a GPU, the cores the trainer processes leave, shared among them; on a CPU the cores train."""
+    if device.type == "cpu":
+        return 0
+    return max(1, min(16, ((os.cpu_count() or 2) - processes) // processes))
 
 
 def _val_batches(
@@ -205,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
     if world > 1 and device.type == "cuda":  # one GPU per process
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
-    workers = default_workers(device) if args.workers is None else max(0, args.workers)
+    workers = default_workers(device, world) if args.workers is None else max(0, args.workers)
     if args.data is not None:
         train_bank = ImageBank.from_folder(args.data, "train")
         val_bank = ImageBank.from_folder(args.data, "val")

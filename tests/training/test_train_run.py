@@ -282,3 +282,15 @@ def test_torchrun_two_processes(tiny_config: Path, photo_folder: Path, tmp_path:
     assert proc.returncode == 0, proc.stderr[-3000:]
     base = json.loads((run_dir / "run.json").read_text())["stage_base"]
     assert base["done"] and 0 < base["step"] < 100000 and "val_psnr" in base["history"][-1]
+
+
+def test_default_workers_share_the_spare_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lorair_desktop.training import train_cli
+
+    monkeypatch.setattr(train_cli.os, "cpu_count", lambda: 16)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert train_cli.default_workers(cpu) == 0  # on a CPU the cores train
+    assert train_cli.default_workers(cuda) == 15  # one GPU: every core but the trainer's
+    assert train_cli.default_workers(cuda, 4) == 3  # four trainer processes share the other 12
+    monkeypatch.setattr(train_cli.os, "cpu_count", lambda: 2)
+    assert train_cli.default_workers(cuda, 8) == 1
