@@ -115,6 +115,7 @@ class StageRunner:
         self.history: list[dict] = []
         self.wall_before = 0.0  # training seconds of earlier sessions of this stage (from the state file)
         self._t_session: float | None = None
+        self.data_wait_s = 0.0  # this session's time spent waiting for batches
         self.state_path = run_dir / f"state-{sc.stage}.pt"
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed training shapes: pick the fastest kernels once
@@ -227,7 +228,10 @@ class StageRunner:
                 break
             for g in self.opt.param_groups:
                 g["lr"] = self.lr_at(self.step, progress)
-            deg, clean, labels = (t.to(self.device, non_blocking=True) for t in self.batches(self.step))
+            t_wait = time.monotonic()
+            batch = self.batches(self.step)
+            self.data_wait_s += time.monotonic() - t_wait  # the trainer idle for want of a batch
+            deg, clean, labels = (t.to(self.device, non_blocking=True) for t in batch)
             deg, clean = to_float(deg), to_float(clean)  # 8-bit batches become floats on the device
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=sc.bf16):
                 loss = self.loss_on(deg, clean, labels, crop)
@@ -259,6 +263,7 @@ class StageRunner:
             "step": self.step,
             "done": progress >= 1.0,
             "loss": float(np.mean(losses[-50:])) if losses else None,
+            "data_wait_share": self.data_wait_s / max(1e-9, time.monotonic() - t_start),
         }
 
     def _shared_clock(self, t_start: float) -> tuple[float, bool]:
@@ -280,9 +285,10 @@ class StageRunner:
         eta = (self.sc.steps - self.step) / max(rate, 1e-9)
         if self.sc.time_schedule and self.sc.minutes:
             eta = min(eta, self.sc.minutes * 60 - self.wall_s)
+        wait = 100 * self.data_wait_s / max(1e-9, time.monotonic() - t_start)
         print(
             f"\r[{self.sc.stage}] step {self.step}/{self.sc.steps} loss {np.mean(losses[-20:]):.4f} "
-            f"{rate:.2f} it/s ETA {eta / 60:.1f} min",
+            f"{rate:.2f} it/s (waiting for data {wait:.0f} %) ETA {eta / 60:.1f} min",
             end="\n" if self.step % 200 == 0 else "",
             file=sys.stderr,
             flush=True,

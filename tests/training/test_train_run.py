@@ -58,12 +58,12 @@ def test_stop_and_resume_is_exact(
 ) -> None:
     steps = 30
     train(tiny_config, photo_folder, tmp_path / "full", stage, steps)
-    # A fake clock (1 s per reading, ~2 readings per step) makes the time budget stop the run
+    # A fake clock (1 s per reading, ~4 readings per step) makes the time budget stop the run
     # mid-way at a reproducible step; the resume then runs on the real clock.
     clock = iter(range(10**6))
     with monkeypatch.context() as m:
         m.setattr(trainer, "time", types.SimpleNamespace(monotonic=lambda: float(next(clock))))
-        first = train(tiny_config, photo_folder, tmp_path / "split", stage, steps, "--minutes", "0.4")
+        first = train(tiny_config, photo_folder, tmp_path / "split", stage, steps, "--minutes", "0.7")
     stopped = first[f"stage_{stage}"]
     assert not stopped["done"] and 5 <= stopped["step"] <= 25, stopped
     resumed = train(tiny_config, photo_folder, tmp_path / "split", stage, steps, "--resume")
