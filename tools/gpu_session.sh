@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# One session on a borrowed GPU machine, as one prepared script: CUDA checks, the CUDA benchmark,
+# then training of the shipped model, with everything worth keeping written to OUT.
+#
+# Here (needs pip access and the photos: `lorair data fetch`):
+#   bash tools/gpu_session.sh prepare [START.safetensors]
+#     -> .gpu/ (git-ignored, ~50 MB): wheels the GPU image lacks, the photos, the starting weights
+# There (the device tool: carry [".gpu"], timeout ~590 s), from the repository root:
+#   bash tools/gpu_session.sh run "$OUT" [SCALE]
+#     SCALE multiplies every training stage's minutes (1: ~8 min of training; 0.05 for a dry run here)
+# Back here: cat OUT/run.tar.part* | tar x -C RUN_DIR, then `lorair eval` and the export (README).
+set -u
+cmd=${1:?prepare or run}
+root=$(cd "$(dirname "$0")/.." && pwd)
+gpu=$root/.gpu
+
+if [ "$cmd" = prepare ]; then
+    start=${2:-$HOME/.cache/lorair-desktop/runs/lorair-compact/model.safetensors}
+    [ -f "$start" ] || start=$root/resources/weights/lorair-compact.safetensors
+    photos=${XDG_CACHE_HOME:-$HOME/.cache}/lorair-desktop/photos
+    [ -d "$photos" ] || { echo "no photos in $photos: run 'lorair data fetch' first" >&2; exit 1; }
+    rm -rf "$gpu" && mkdir -p "$gpu/whl" "$gpu/xdg/lorair-desktop"  # generated only: start clean
+    # The GPU image has torch, numpy, opencv, safetensors, timm...; not open_clip and these.
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        -d "$gpu/whl" open_clip_torch==3.3.0 ftfy wcwidth platformdirs || exit 1
+    cp -r "$photos" "$gpu/xdg/lorair-desktop/photos"
+    cp "$start" "$gpu/start.safetensors"
+    du -sh "$gpu"  # with the repository it must stay under the device tool's 64 MiB
+    exit 0
+fi
+
+[ "$cmd" = run ] || { echo "usage: $0 prepare|run OUT [SCALE]" >&2; exit 2; }
+out=${2:?OUT folder}; scale=${3:-1}; device=${DEVICE:-auto}
+py=${PY:-python3}
+export PYTHONUNBUFFERED=1 XDG_CACHE_HOME=$gpu/xdg
+if ! $py -c "import open_clip" 2>/dev/null; then
+    $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/lorair-site "$gpu"/whl/*.whl \
+        || exit 1
+    export PYTHONPATH=/tmp/lorair-site:$root${PYTHONPATH:+:$PYTHONPATH}
+else
+    export PYTHONPATH=$root${PYTHONPATH:+:$PYTHONPATH}
+fi
+cd "$root" || exit 1
+lorair() { $py -m lorair_desktop.cli "$@"; }
+minutes() { awk "BEGIN{print $1 * $scale}"; }
+date; nvidia-smi -L 2>/dev/null
+
+# 1. CUDA checks: the restore on the device against the CPU's (fp32 and the bf16 default), a few seconds.
+$py - "$device" <<'PYEOF' 2>&1 | tee "$out/cuda-check.txt"
+import sys, time
+import numpy as np
+from lorair_desktop.core.inference import Restorer
+from lorair_desktop.core.checkpoint import load_checkpoint
+from lorair_desktop.training.evaluate import psnr
+from pathlib import Path
+img = np.random.default_rng(0).random((768, 1024, 3), dtype=np.float32)
+ref = Restorer(load_checkpoint(Path("resources/weights/lorair-compact.safetensors")), device="cpu").restore(img).image
+for precision in ("fp32", "auto"):
+    r = Restorer(load_checkpoint(Path("resources/weights/lorair-compact.safetensors")), device=sys.argv[1],
+                 precision=precision)
+    r.restore(img)  # warm-up
+    t = time.perf_counter(); out = r.restore(img).image; dt = time.perf_counter() - t
+    print(f"{r.device} {r.dtype}: {psnr(out, ref):.1f} dB from the CPU fp32 image, {dt / 0.786:.4f} s/MP")
+PYEOF
+
+# 2. The benchmark on this device (the peer and the worker rows need CPU-only extras: skipped).
+if [ "${BENCH:-1}" = 1 ]; then  # BENCH=0 skips it (a dry run on a CPU)
+    lorair bench --quick --device "$device" --skip peer --json "$out/bench.json" 2>&1 | tail -30
+    lorair bench --setting1 24 --device "$device" 2>&1 | tail -5
+fi
+
+# 3. Training: all three stages fine-tuned from the starting weights, each annealed over its time budget.
+run=/tmp/lorair-gpu-run; rm -rf $run
+T="train --preset compact --run-dir $run --device $device --steps 1000000 --time-schedule --val-every 1000 --seed 7"
+lorair $T --stage router --init-from "$gpu/start.safetensors" --batch 64 --lr 5e-4 --minutes "$(minutes 1.4)"
+lorair $T --stage base --resume --batch 64 --crops-per-context 4 --lr 1e-3 --minutes "$(minutes 3.6)"
+lorair $T --stage experts --resume --full --batch 64 --crops-per-context 4 --lr 3e-4 \
+    --tasks noise=1.5,blur,jpeg=2,rain,haze,low-light --minutes "$(minutes 3.0)"
+# Files come back at most 16 MiB each: the run (fp32 weights, run.json, the last optimizer state) in parts.
+tar -C $run -cf /tmp/lorair-run.tar model.safetensors run.json $(cd $run && ls state-experts.pt 2>/dev/null)
+split -b 15m -d /tmp/lorair-run.tar "$out/run.tar.part"
+sha256sum /tmp/lorair-run.tar; ls -la "$out"; date
