@@ -7,7 +7,8 @@
 #     -> .gpu/ (git-ignored, ~50 MB): wheels the GPU image lacks, the photos, the starting weights
 # There (the device tool: carry [".gpu"], timeout ~590 s), from the repository root:
 #   bash tools/gpu_session.sh run "$OUT" [SCALE]
-#     SCALE multiplies every training stage's minutes (1: ~8 min of training; 0.05 for a dry run here)
+#     SCALE multiplies every training stage's minutes (1: 6.6 min of training, ~9.5 min in all; 0.02 for a dry
+#     run here with DEVICE=cpu BENCH=0 PY=.venv/bin/python)
 # Back here: cat OUT/run.tar.part* | tar x -C RUN_DIR, then `lorair eval` and the export (README).
 set -u
 cmd=${1:?prepare or run}
@@ -66,17 +67,18 @@ PYEOF
 
 # 2. The benchmark on this device (the peer and the worker rows need CPU-only extras: skipped).
 if [ "${BENCH:-1}" = 1 ]; then  # BENCH=0 skips it (a dry run on a CPU)
-    lorair bench --quick --device "$device" --skip peer --json "$out/bench.json" 2>&1 | tail -30
-    lorair bench --setting1 24 --device "$device" 2>&1 | tail -5
+    # bounded: the whole script must end inside one call (~590 s), training included
+    timeout 75 $py -m lorair_desktop.cli bench --quick --device "$device" --skip peer --json "$out/bench.json" 2>&1 | tail -30
+    timeout 40 $py -m lorair_desktop.cli bench --setting1 24 --device "$device" 2>&1 | tail -5
 fi
 
 # 3. Training: all three stages fine-tuned from the starting weights, each annealed over its time budget.
 run=/tmp/lorair-gpu-run; rm -rf $run
 T="train --preset compact --run-dir $run --device $device --steps 1000000 --time-schedule --val-every 1000 --seed 7"
-lorair $T --stage router --init-from "$gpu/start.safetensors" --batch 64 --lr 5e-4 --minutes "$(minutes 1.4)"
-lorair $T --stage base --resume --batch 64 --crops-per-context 4 --lr 1e-3 --minutes "$(minutes 3.6)"
+lorair $T --stage router --init-from "$gpu/start.safetensors" --batch 64 --lr 5e-4 --minutes "$(minutes 1.2)"
+lorair $T --stage base --resume --batch 64 --crops-per-context 4 --lr 1e-3 --minutes "$(minutes 3.0)"
 lorair $T --stage experts --resume --full --batch 64 --crops-per-context 4 --lr 3e-4 \
-    --tasks noise=1.5,blur,jpeg=2,rain,haze,low-light --minutes "$(minutes 3.0)"
+    --tasks noise=1.5,blur,jpeg=2,rain,haze,low-light --minutes "$(minutes 2.4)"
 # Files come back at most 16 MiB each: the run (fp32 weights, run.json, the last optimizer state) in parts.
 tar -C $run -cf /tmp/lorair-run.tar model.safetensors run.json $(cd $run && ls state-experts.pt 2>/dev/null)
 split -b 15m -d /tmp/lorair-run.tar "$out/run.tar.part"
