@@ -237,6 +237,9 @@ def evaluate_rows(restorer: Restorer, bank: ImageBank, settings: EvalSettings) -
             "routed": dict(sorted(routed.items(), key=lambda kv: -kv[1])),
             "route_acc": (routed.get(row.expert, 0) / len(crops)) if row.expert in experts and crops else None,
             "model_s_per_crop": t_model / max(1, len(crops)),
+            # the crop the model served worst: an average gain can hide a crop made much worse
+            "worst_gain": min((m - i for m, i in zip(acc["model"]["psnr"], acc["input"]["psnr"], strict=True)),
+                              default=None),
         }
         if base["psnr"]:
             entry["baseline"] = {"name": row.baseline, **{k: _mean(v) for k, v in base.items()},
@@ -368,15 +371,17 @@ def to_markdown(report: dict[str, Any], title: str | None = None) -> str:
     """The results as Markdown: rows table, targets table, router confusion matrix."""
     lines = [f"## {title}", ""] if title else []
     lines += [
-        "| row | n | input PSNR / SSIM | model PSNR / SSIM | gain dB | baseline | baseline PSNR / SSIM | routed to |",
-        "|---|---:|---:|---:|---:|---|---:|---|",
+        "| row | n | input PSNR / SSIM | model PSNR / SSIM | gain dB | worst crop dB | baseline | "
+        "baseline PSNR / SSIM | routed to |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---|",
     ]
     for r in report["rows"]:
         gain = r["model"]["psnr"] - r["input"]["psnr"]
+        worst = "–" if r.get("worst_gain") is None else f"{r['worst_gain']:+.2f}"
         b = r.get("baseline")
         routed = ", ".join(f"{k} {v}" for k, v in r["routed"].items())
         lines.append(
-            f"| {r['row']} | {r['n']} | {_fmt(r['input'])} | {_fmt(r['model'])} | {gain:+.2f} | "
+            f"| {r['row']} | {r['n']} | {_fmt(r['input'])} | {_fmt(r['model'])} | {gain:+.2f} | {worst} | "
             f"{b['name'] if b else '–'} | {_fmt(b)} | {routed} |"
         )
     lines += ["", "| target | measured | needed | met |", "|---|---:|---:|---|"]

@@ -99,12 +99,15 @@ def test_eval_cli_quick(small_model_path: Path, photo_folder: Path, tmp_path: Pa
     report = run_eval(small_model_path, photo_folder, tmp_path / "ev", "--quick")
     printed = capsys.readouterr().out
     assert "| noise σ25 |" in printed and "router top-1" in printed.lower()
-    assert (tmp_path / "ev" / "eval.md").read_text().startswith("## ")
+    md = (tmp_path / "ev" / "eval.md").read_text()
+    assert md.startswith("## ") and "| worst crop dB |" in md
     assert len(report["data"]["images"]) == 3
     assert [r["row"] for r in report["rows"]] == [r.name for r in EVAL_ROWS + MIXED_ROWS]
     for r in report["rows"]:
         assert r["n"] == 3 and 0 < r["input"]["ssim"] <= 1 and np.isfinite(r["model"]["psnr"])
         assert sum(r["routed"].values()) == 3 and "baseline" not in r
+        # the worst crop's gain bounds the mean gain from below (a crop made worse cannot hide in the mean)
+        assert r["worst_gain"] <= r["model"]["psnr"] - r["input"]["psnr"] + 1e-9
     router = report["router"]
     assert router["n"] == 3 * 2 * 6 and np.array(router["confusion"]).sum() == router["n"]
     assert 0 <= router["top1"] <= 1
