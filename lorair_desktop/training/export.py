@@ -273,6 +273,12 @@ def _recipe_section(run: dict[str, Any], run_dir: Path) -> list[str]:
     return lines
 
 
+def _machine(hw: dict[str, Any], run: dict[str, Any]) -> str:
+    gpu = f", GPU {hw['gpu']}" if hw.get("gpu") else ""
+    return (f"{hw.get('device', run.get('device'))}: {hw.get('cpu')}, {hw.get('cores')} cores, "
+            f"{hw.get('torch_threads')} torch threads{gpu}, torch {hw.get('torch')}.")
+
+
 def write_model_card(
     run_dir: Path, eval_json: Path | dict | None, dest: Path, weights: dict[str, Any] | None = None
 ) -> Path:
@@ -322,12 +328,16 @@ def write_model_card(
     notes = run.get("notes")
     if isinstance(notes, list) and notes:  # free-text history a maintainer added to run.json
         lines += ["## Training history", "", *[f"- {n}" for n in notes], ""]
-    hw = run.get("hardware")
     lines += ["## Hardware", ""]
-    if hw:
-        gpu = f", GPU {hw['gpu']}" if hw.get("gpu") else ""
-        lines.append(f"Trained on {hw.get('device', run.get('device'))}: {hw.get('cpu')}, {hw.get('cores')} cores, "
-                     f"{hw.get('torch_threads')} torch threads{gpu}, torch {hw.get('torch')}.")
+    # Each stage records the machine its last session ran on; older runs only the run's last one.
+    by_machine: dict[str, list[str]] = {}
+    for st, rc in (run.get("recipe") or {}).items():
+        if isinstance(rc, dict) and rc.get("hardware"):
+            by_machine.setdefault(_machine(rc["hardware"], run), []).append(st)
+    if len(by_machine) > 1:
+        lines += [f"- {', '.join(stages)}: {desc}" for desc, stages in by_machine.items()]
+    elif by_machine or run.get("hardware"):
+        lines.append(f"Trained on {next(iter(by_machine), None) or _machine(run['hardware'], run)}")
     else:
         lines.append(f"Trained on device `{run.get('device', '?')}` (the run did not record more).")
     ev = _load_eval(eval_json)

@@ -216,6 +216,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_or_init(run_dir, cfg, args.seed).to(device)
     from .evaluate import hardware_info  # lazy: only needed here, for the model card
 
+    hardware = hardware_info(device)
     info = partial(write_run_info, run_dir) if rank == 0 else lambda _info: None
     say = print if rank == 0 else lambda *_a, **_k: None
     info(
@@ -223,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
             "preset": cfg.name,
             "config": cfg.to_dict(),
             "device": str(device),
-            "hardware": hardware_info(device),
+            "hardware": hardware,
             "data": str(args.data) if args.data is not None else "photo manifest",
             "train_images": train_bank.names,
             "val_images": val_bank.names,
@@ -268,7 +269,7 @@ def run(args: argparse.Namespace) -> int:
             log.info("stage %s already complete (%d steps)", st, runner.step)
             continue
         recipe = {**stage_config_dict(sc), "context": context, "crop": None if st == "router" else crop,
-                  "tasks": args.tasks or "all"}
+                  "tasks": args.tasks or "all", "hardware": hardware}  # a run may move between machines
         previous = {**previous, "recipe": {**previous.get("recipe", {}), st: recipe}}
         info({"recipe": previous["recipe"]})
         t0 = time.monotonic()

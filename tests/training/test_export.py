@@ -96,8 +96,10 @@ def test_model_card(trained_run: Path, resources: Path, tmp_path: Path) -> None:
     try:
         run = json.loads(original)
         run["recipe"]["experts"] = {**run["recipe"]["experts"], "full": True, "tasks": "noise,jpeg=2"}
+        h200 = {"device": "cuda", "cpu": "Xeon", "cores": 16, "torch_threads": 16, "gpu": "NVIDIA H200",
+                "torch": "2.11"}
         run["recipe"]["base"] = {**run["recipe"]["base"], "time_schedule": True, "minutes": 3.6,
-                                 "crops_per_context": 4}
+                                 "crops_per_context": 4, "hardware": h200}
         run_json.write_text(json.dumps({**run, "notes": ["session 2: base +3000 steps"]}))
         card = E.write_model_card(trained_run, None, tmp_path / "c3.md").read_text()
         assert "## Training history\n\n- session 2: base +3000 steps" in card
@@ -107,6 +109,10 @@ def test_model_card(trained_run: Path, resources: Path, tmp_path: Path) -> None:
         # a stage on a time schedule states its budget, and several crops per context say how many
         base_row = next(line for line in card.splitlines() if line.startswith("| base |"))
         assert "(schedule over 3.6 min)" in base_row and " ×4 / " in base_row, base_row
+        # a run that moved between machines names each stage's
+        hardware = card.split("## Hardware", 1)[1].split("##", 1)[0]
+        assert "- base: cuda: Xeon, 16 cores, 16 torch threads, GPU NVIDIA H200" in hardware, hardware
+        assert "- router, experts: " in hardware, hardware
     finally:
         run_json.write_text(original)
 
