@@ -197,12 +197,12 @@ def run(args: argparse.Namespace) -> int:
             f"a training run already exists in {run_dir}", "add --resume to continue it, or choose another --run-dir"
         )
     rank, world = ddp_info()  # under torchrun: joins the process group; rank 0 alone writes the run folder
-    run_dir.mkdir(parents=True, exist_ok=True)
     source = args.router_from or args.init_from
     if rank == 0 and source is not None and not (args.resume and (run_dir / "model.safetensors").is_file()):
-        seed_run(run_dir, cfg, source, args.seed, router_only=args.router_from is not None)
+        seed_run(run_dir, cfg, source, args.seed, router_only=args.router_from is not None)  # checked first
     if world > 1:
         dist.barrier()  # the other ranks load the seeded model
+    run_dir.mkdir(parents=True, exist_ok=True)
     device = select_device(args.device)
     if world > 1 and device.type == "cuda":  # one GPU per process
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
