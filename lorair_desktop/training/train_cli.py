@@ -147,7 +147,10 @@ def seed_run(run_dir: Path, cfg: ModelConfig, source: Path, seed: int, router_on
                           "use a checkpoint of the same preset")
     torch.manual_seed(seed)
     model = LoRAIR(cfg)
-    (model.router if router_only else model).load_state_dict((src.router if router_only else src).state_dict())
+    if router_only:
+        model.router.load_state_dict(src.router.state_dict())
+    else:
+        model.load_state_dict(src.state_dict())
     run_dir.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model, run_dir / "model.safetensors")
 
@@ -232,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
             **({"init_from": str(args.init_from)} if args.init_from is not None else {}),
         },
     )
-    previous = json.loads((run_dir / "run.json").read_text()) if rank == 0 else {}
+    recipes = json.loads((run_dir / "run.json").read_text()).get("recipe", {}) if rank == 0 else {}
     crop = args.crop or cfg.net.train_size
     for st in stages:
         d = STAGE_DEFAULTS[st]
@@ -270,8 +273,8 @@ def run(args: argparse.Namespace) -> int:
             continue
         recipe = {**stage_config_dict(sc), "context": context, "crop": None if st == "router" else crop,
                   "tasks": args.tasks or "all", "hardware": hardware}  # a run may move between machines
-        previous = {**previous, "recipe": {**previous.get("recipe", {}), st: recipe}}
-        info({"recipe": previous["recipe"]})
+        recipes = {**recipes, st: recipe}
+        info({"recipe": recipes})
         t0 = time.monotonic()
         try:
             result = runner.run(crop=None if st == "router" else crop)

@@ -224,11 +224,12 @@ def test_init_from_seeds_every_weight(tiny_config: Path, photo_folder: Path, tmp
     assert all(torch.allclose(src[k], got[k], atol=1e-6) for k in src)
     assert info["init_from"].endswith("model.safetensors") and info["stage_experts"]["step"] == 1
     # both seeds at once, or a seed of another preset, are refused with a clear message
-    for extra in (["--router-from", str(tmp_path / "src" / "model.safetensors")], []):
-        rc = main(["train", "--preset", "compact" if not extra else str(tiny_config), "--stage", "base",
-                   "--data", str(photo_folder), "--init-from", str(tmp_path / "src" / "model.safetensors"),
-                   "--run-dir", str(tmp_path / f"bad{len(extra)}"), *extra])
-        assert rc == 2
+    src_model = str(tmp_path / "src" / "model.safetensors")
+    both = ["--preset", str(tiny_config), "--init-from", src_model, "--router-from", src_model]
+    other_preset = ["--preset", "compact", "--init-from", src_model]
+    for args in (both, other_preset):
+        rc = main(["train", *args, "--stage", "base", "--data", str(photo_folder), "--run-dir", str(tmp_path / "bad")])
+        assert rc == 2 and not (tmp_path / "bad").exists()
 
 
 def test_training_with_workers_equals_training_without(tiny_config: Path, photo_folder: Path, tmp_path: Path) -> None:
