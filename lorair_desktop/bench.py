@@ -36,7 +36,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "seconds per megapixel and peak memory (random weights unless installed)")
 
 
-def _timeit(fn: Callable[[], object], repeats: int, warmup: int = 1) -> dict:
+def _synced(fn: Callable[[], object], device: str) -> Callable[[], object]:
+    """fn, then a wait for the device's queued work: CUDA and MPS return before their kernels finish."""
+    import torch
+
+    if device.startswith("cuda"):
+        return lambda: (fn(), torch.cuda.synchronize())
+    if device == "mps":
+        return lambda: (fn(), torch.mps.synchronize())
+    return fn
+
+
+def _timeit(fn: Callable[[], object], repeats: int, warmup: int = 1, device: str = "cpu") -> dict:
+    fn = _synced(fn, device)
     for _ in range(warmup):
         fn()
     samples = []
@@ -99,7 +111,7 @@ def bench_variants(model, device: str, sizes: list[float], repeats: int) -> list
         img = _image(mp)
         n_mp = img.shape[0] * img.shape[1] / 1e6
         variants: list[tuple[str, dict, dict, int]] = [
-            ("default (auto tile, fp32, channels_last, merged)", {}, {}, 0),
+            ("default (auto tile and precision, channels_last, merged)", {}, {}, 0),
             ("whole image (no tiling)", {}, {"tile": 1 << 16}, 0),
             ("channels_last off", {"channels_last": False}, {}, 0),
             ("unmerged experts (reference path)", {}, {"merged": False}, 0),
@@ -121,22 +133,23 @@ def bench_variants(model, device: str, sizes: list[float], repeats: int) -> list
             out = res["out"]
             rows.append({"size_mp": round(n_mp, 2), "variant": name, "s_per_mp": t["median_s"] / n_mp,
                          "router_share": out.timings["route_s"] / out.timings["total_s"], "tiles": out.tiles,
-                         "tile_size": out.tile_size, "samples": t["samples"]})
+                         "tile_size": out.tile_size, "dtype": out.dtype, "samples": t["samples"]})
             log.info("%s", rows[-1])
         model.to("cpu")
     return rows
 
 
-def bench_backbone(model, repeats: int, side: int = 1024, peer: bool = True) -> list[dict]:
-    """The network alone on one tile: base (no experts), merged experts, unmerged, and spandrel's NAFNet."""
+def bench_backbone(model, repeats: int, side: int = 1024, peer: bool = True, device: str = "cpu") -> list[dict]:
+    """The network alone on one tile (fp32, on `device`): base (no experts), merged experts, unmerged,
+    and spandrel's NAFNet."""
     import torch
 
     from .core.flops import network_flops
 
-    net = model.net.eval()
-    x = torch.rand(1, 3, side, side).contiguous(memory_format=torch.channels_last)
-    prior = torch.zeros(1, model.cfg.net.prior_dim)
-    w = torch.zeros(model.cfg.num_experts)
+    net = model.net.eval().to(device)
+    x = torch.rand(1, 3, side, side, device=device).contiguous(memory_format=torch.channels_last)
+    prior = torch.zeros(1, model.cfg.net.prior_dim, device=device)
+    w = torch.zeros(model.cfg.num_experts, device=device)
     w[0] = 1.0
     net.to(memory_format=torch.channels_last)
     variants: dict[str, tuple[Callable[[], object], Callable[[], object]]] = {
@@ -151,7 +164,7 @@ def bench_backbone(model, repeats: int, side: int = 1024, peer: bool = True) -> 
 
         c = model.cfg.net
         peer_net = NAFNet(width=c.width, middle_blk_num=c.middle_blocks, enc_blk_nums=list(c.enc_blocks),
-                          dec_blk_nums=list(c.dec_blocks)).eval().to(memory_format=torch.channels_last)
+                          dec_blk_nums=list(c.dec_blocks)).eval().to(device, memory_format=torch.channels_last)
         variants["spandrel NAFNet (peer, same config)"] = (model.unmerge, lambda: peer_net(x))
     except ImportError:
         log.info("no peer comparison (spandrel skipped or not installed)")
@@ -162,28 +175,34 @@ def bench_backbone(model, repeats: int, side: int = 1024, peer: bool = True) -> 
         for rep in range(repeats + 1):  # the first round is the warm-up
             for name, (setup, fn) in variants.items():
                 setup()
+                timed = _synced(fn, device)
                 t0 = time.perf_counter()
-                fn()
+                timed()
                 if rep:
                     samples[name].append(time.perf_counter() - t0)
     model.unmerge()
+    model.to("cpu")
     rows = [{"variant": n, "seconds": statistics.median(v), "samples": v} for n, v in samples.items()]
     base = rows[0]["seconds"]
     flops = network_flops(model, side)
     for r in rows:
         r["side"] = side
+        r["device"] = device
         r["ratio_to_plain"] = r["seconds"] / base
         r["gflops_per_s"] = flops / r["seconds"] / 1e9
     return rows
 
 
-def bench_gemm(repeats: int = 5, n: int = 2048) -> dict:
+def bench_gemm(repeats: int = 5, n: int = 2048, device: str = "cpu") -> dict:
+    """Matrix-product peak of the device (fp32 as PyTorch runs it by default: no TF32 on CUDA)."""
     import torch
 
+    if device.startswith("cuda"):
+        n = 8192  # a 2048² product is over in microseconds there: mostly launch cost
     out = {}
     for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a, b = torch.rand(n, n, dtype=dt), torch.rand(n, n, dtype=dt)
-        t = _timeit(lambda a=a, b=b: a @ b, repeats)
+        a, b = torch.rand(n, n, dtype=dt, device=device), torch.rand(n, n, dtype=dt, device=device)
+        t = _timeit(lambda a=a, b=b: a @ b, repeats, device=device)
         out[name] = {"gflops_per_s": 2 * n**3 / t["median_s"] / 1e9, "samples": t["samples"]}
     return out
 
@@ -235,17 +254,19 @@ def run(args: argparse.Namespace) -> int:
     repeats = args.repeats or (2 if args.quick else 5)
     device = str(select_device(args.device))
     model, weights = _load(args.model)
+    gpu = torch.cuda.get_device_name(device) if device.startswith("cuda") else None
     report: dict = {"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                                "torch": torch.__version__, "threads": torch.get_num_threads(), "device": device},
+                                "torch": torch.__version__, "threads": torch.get_num_threads(), "device": device,
+                                "accelerator": gpu},
                     "model": {"name": model.cfg.name, "weights": weights}}
     t_start = time.perf_counter()
     if "variants" not in skip:
         sizes = args.megapixels or ([1.0] if args.quick else [1.0, 4.0])
         report["restore"] = bench_variants(model, device, sizes, repeats)
     side = min(1024, int(((args.megapixels or [1.0])[0] * 1e6) ** 0.5) // 16 * 16)
-    report["backbone"] = bench_backbone(model, repeats, side=side, peer="peer" not in skip)
+    report["backbone"] = bench_backbone(model, repeats, side=side, peer="peer" not in skip, device=device)
     if "gemm" not in skip:
-        report["gemm_peak"] = bench_gemm()
+        report["gemm_peak"] = bench_gemm(device=device)
     if "memory" not in skip:
         report["memory_24mp"] = bench_memory_24mp(args.model, device)
     if "worker" not in skip:
@@ -270,9 +291,11 @@ def format_report(rep: dict) -> str:
     if "restore" in rep:
         lines.append("\nrestore (route + experts merged + network), seconds per megapixel:")
         for r in rep["restore"]:
-            lines.append(f"  {r['size_mp']:5.2f} MP  {r['variant']:<48} {r['s_per_mp']:7.3f} s/MP  "
-                         f"router {100 * r['router_share']:4.1f}%  {r['tiles']} tile(s) of {r['tile_size']}")
-    lines.append(f"\nnetwork alone, one {rep['backbone'][0]['side']}² tile:")
+            lines.append(f"  {r['size_mp']:5.2f} MP  {r['variant']:<56} {r['s_per_mp']:7.3f} s/MP  "
+                         f"{r.get('dtype', ''):<8}  router {100 * r['router_share']:4.1f}%  "
+                         f"{r['tiles']} tile(s) of {r['tile_size']}")
+    b0 = rep["backbone"][0]
+    lines.append(f"\nnetwork alone, one {b0['side']}² tile, fp32 on {b0.get('device', 'cpu')}:")
     gemm = rep.get("gemm_peak", {})
     for r in rep["backbone"]:
         peak = gemm.get("fp32", {}).get("gflops_per_s")
@@ -280,7 +303,7 @@ def format_report(rep: dict) -> str:
         lines.append(f"  {r['variant']:<40} {r['seconds']:7.3f} s  x{r['ratio_to_plain']:.2f} of plain  "
                      f"{r['gflops_per_s']:6.1f} GFLOP/s{frac}")
     if gemm:
-        lines.append(f"\nGEMM peak: fp32 {gemm['fp32']['gflops_per_s']:.0f} GFLOP/s, "
+        lines.append(f"\nGEMM peak on {b0.get('device', 'cpu')}: fp32 {gemm['fp32']['gflops_per_s']:.0f} GFLOP/s, "
                      f"bf16 {gemm['bf16']['gflops_per_s']:.0f} GFLOP/s")
     mem = rep.get("memory_24mp")
     if mem:

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import psutil
 import pytest
+import torch
 
 from lorair_desktop.cli import main
 from lorair_desktop.core import Restorer
@@ -52,7 +53,19 @@ def test_bench_quick_json_report(small_model_path, tmp_path, capsys) -> None:
     assert {p.pid for p in psutil.Process().children()} <= before  # the busy neighbour is gone
     for r in rep["restore"]:
         assert r["s_per_mp"] > 0 and len(r["samples"]) == 1 and 0 <= r["router_share"] <= 1
+        assert r["dtype"] == ("bfloat16" if r["variant"] == "bf16 autocast" else "float32")
+    assert rep["machine"]["device"] == "cpu" and rep["machine"]["accelerator"] is None
+    assert {r["device"] for r in rep["backbone"]} == {"cpu"}
     names = [r["variant"] for r in rep["backbone"]]
     assert names[:3] == ["plain backbone (no experts)", "merged experts", "unmerged experts"]
     assert rep["backbone"][0]["ratio_to_plain"] == 1.0
     assert "s/MP" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_backbone_bench_runs_on_the_device_it_reports(small_model) -> None:
+    from lorair_desktop.bench import bench_backbone
+
+    rows = bench_backbone(small_model, repeats=1, side=64, peer=False, device="cuda")
+    assert {r["device"] for r in rows} == {"cuda"}
+    assert next(small_model.parameters()).device.type == "cpu"  # handed back for the next section
