@@ -24,7 +24,14 @@ from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
 from lorair_desktop.errors import LoraIRError
-from lorair_desktop.training.degradations import EXPERTS, degrade, degrade_mixed, make_training_pair, quantize8
+from lorair_desktop.training.degradations import (
+    EXPERTS,
+    degrade,
+    degrade_mixed,
+    make_mixed_pair,
+    make_training_pair,
+    quantize8,
+)
 from lorair_desktop.training.photos import default_photo_dir, load_manifest
 
 __all__ = [
@@ -226,6 +233,10 @@ class RestorationDataset(Dataset):
     ``texture_retries`` tries, keeping the most textured; a fraction ``flat_keep_prob`` is kept
     as drawn so flat areas are still seen), a random flip/rot90, then one degradation of
     ``names`` (``label`` indexes ``names``). ``length`` is the virtual epoch size.
+
+    With ``mixed`` > 0 that fraction of the items carries two degradations (``make_mixed_pair``)
+    and every label becomes the router's target distribution, float32 over ``names`` (one-hot for
+    a single degradation, 0.5/0.5 for a pair).
     """
 
     def __init__(
@@ -241,6 +252,7 @@ class RestorationDataset(Dataset):
         flat_keep_prob: float = 0.1,
         weights: Sequence[float] | None = None,
         quantize: bool = True,
+        mixed: float = 0.0,
     ) -> None:
         if len(bank) == 0:
             raise DatasetError("the image bank is empty", "check the folder and the split")
@@ -249,6 +261,8 @@ class RestorationDataset(Dataset):
         lo, hi = scale_range
         if not 0 < lo <= hi:
             raise ValueError(f"bad scale_range {scale_range}")
+        if not 0.0 <= mixed < 1.0:
+            raise ValueError(f"mixed must be a fraction in [0, 1), got {mixed}")
         self.bank = bank
         self.names = tuple(names)
         self.crop_size = int(crop_size)
@@ -260,6 +274,7 @@ class RestorationDataset(Dataset):
         self.flat_keep_prob = float(flat_keep_prob)
         self.weights = None if weights is None else list(weights)
         self.quantize = quantize
+        self.mixed = float(mixed)
         self.epoch = 0
         areas = bank.areas
         self._image_p = areas / areas.sum()
@@ -303,17 +318,26 @@ class RestorationDataset(Dataset):
         assert best is not None
         return _dihedral(best, int(rng.integers(0, 4)), bool(rng.random() < 0.5))
 
-    def sample(self, index: int) -> tuple[np.ndarray, np.ndarray, int]:
-        """Item ``index`` as numpy ``(degraded HWC, clean HWC, label)``."""
+    def sample(self, index: int) -> tuple[np.ndarray, np.ndarray, int | np.ndarray]:
+        """Item ``index`` as numpy ``(degraded HWC, clean HWC, label)``: an int, or with ``mixed``
+        the target distribution."""
         rng = self.rng_for(index)
         clean = self.random_crop(rng).astype(np.float32) / 255.0
-        return make_training_pair(clean, self.names, rng, self.weights, self.quantize)
+        if not self.mixed:  # no extra draw: runs without mixing keep their exact items
+            return make_training_pair(clean, self.names, rng, self.weights, self.quantize)
+        if rng.random() < self.mixed:
+            return make_mixed_pair(clean, self.names, rng, self.weights, self.quantize)
+        degraded, clean, label = make_training_pair(clean, self.names, rng, self.weights, self.quantize)
+        target = np.zeros(len(self.names), np.float32)
+        target[label] = 1.0
+        return degraded, clean, target
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if not 0 <= index < self.length:
             raise IndexError(index)
         degraded, clean, label = self.sample(index)
-        return _to_chw(degraded), _to_chw(clean), torch.tensor(label, dtype=torch.int64)
+        target = torch.from_numpy(label) if isinstance(label, np.ndarray) else torch.tensor(label, dtype=torch.int64)
+        return _to_chw(degraded), _to_chw(clean), target
 
 
 # ----------------------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ __all__ = [
     "jpeg",
     "low_light",
     "luminance",
+    "make_mixed_pair",
     "make_training_pair",
     "motion_kernel",
     "quantize8",
@@ -642,3 +643,32 @@ def make_training_pair(
     label = int(rng.choice(len(names), p=p))
     y = degrade(x, names[label], rng)
     return (quantize8(y) if quantize else y), x, label
+
+
+def make_mixed_pair(
+    clean: Image,
+    names: Sequence[str],
+    rng: np.random.Generator,
+    weights: Sequence[float] | None = None,
+    quantize: bool = True,
+) -> tuple[Image, Image, np.ndarray]:
+    """Two different experts of ``names`` (drawn without replacement, by ``weights``), applied in
+    physical order (``degrade_mixed``): a real photo is often both blurred and compressed.
+
+    Returns ``(degraded, clean, target)``: ``target`` holds 0.5 at each expert's index of ``names``,
+    the router's soft label (its top-2 mix then gives both experts half the weight).
+    """
+    if len(names) < 2:
+        raise ValueError("a mixed pair needs at least two degradation names")
+    x = _check(clean)
+    p = None
+    if weights is not None:
+        w = np.asarray(weights, dtype=np.float64)
+        if w.shape != (len(names),) or (w < 0).any() or np.count_nonzero(w) < 2:
+            raise ValueError("weights must be non-negative, one per name, at least two positive")
+        p = w / w.sum()
+    pair = rng.choice(len(names), size=2, replace=False, p=p)
+    y = degrade_mixed(x, [names[int(i)] for i in pair], rng)
+    target = np.zeros(len(names), np.float32)
+    target[pair] = 0.5
+    return (quantize8(y) if quantize else y), x, target

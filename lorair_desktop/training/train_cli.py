@@ -104,6 +104,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "sample more on a GPU",
     )
     p.add_argument(
+        "--mixed",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="this fraction of the training samples carries two degradations at once (e.g. blur then "
+        "JPEG), which the router learns to route half to each expert; 0 (default) trains on single ones",
+    )
+    p.add_argument(
         "--time-schedule",
         action="store_true",
         help="with --minutes: the learning-rate schedule runs over the time budget (or --steps, whichever "
@@ -195,6 +203,10 @@ def run(args: argparse.Namespace) -> int:
             raise LoraIRError("--router-from brings a trained router", "train --stage base or experts with it")
         stages = [s for s in stages if s != "router"]
     task_weights = parse_tasks(args.tasks, tuple(cfg.experts))
+    if not 0.0 <= args.mixed < 1.0:
+        raise LoraIRError(f"--mixed is a fraction of the samples, got {args.mixed}", "use e.g. --mixed 0.2")
+    if args.mixed and task_weights is not None and sum(w > 0 for w in task_weights) < 2:
+        raise LoraIRError("--mixed pairs two degradations, --tasks names only one", "add a task or drop --mixed")
     if run_dir.exists() and any(run_dir.glob("state-*.pt")) and not args.resume:
         raise LoraIRError(
             f"a training run already exists in {run_dir}", "add --resume to continue it, or choose another --run-dir"
@@ -261,6 +273,7 @@ def run(args: argparse.Namespace) -> int:
             length=10**9,
             seed=args.seed + 17 * STAGES.index(st),
             weights=task_weights,
+            mixed=args.mixed,
         )
         val = _val_batches(val_bank, cfg.experts, context, task_weights)
         # Across processes the batches travel as 8 bits: a quarter of the bytes, the same values.
@@ -271,8 +284,9 @@ def run(args: argparse.Namespace) -> int:
         if runner.step >= sc.steps:
             log.info("stage %s already complete (%d steps)", st, runner.step)
             continue
+        # Per stage, hardware included: a run may move between machines.
         recipe = {**stage_config_dict(sc), "context": context, "crop": None if st == "router" else crop,
-                  "tasks": args.tasks or "all", "hardware": hardware}  # a run may move between machines
+                  "tasks": args.tasks or "all", "mixed": args.mixed, "hardware": hardware}
         recipes = {**recipes, st: recipe}
         info({"recipe": recipes})
         t0 = time.monotonic()

@@ -166,3 +166,23 @@ def test_validation_set(folder: Path) -> None:
     assert not np.array_equal(v1[0].degraded, v3[0].degraded)
     deg, _clean, label = DS.ValidationDataset(v1)[0]
     assert deg.shape == (3, 48, 48) and label.dtype == torch.int64
+
+
+def test_mixed_items_carry_target_distributions(folder: Path) -> None:
+    bank = DS.ImageBank.from_folder(folder, max_side=200)
+    ds = DS.RestorationDataset(bank, crop_size=32, length=60, seed=5, mixed=0.5)
+    pairs = 0
+    for i in range(60):
+        target = ds[i][2]
+        assert target.dtype == torch.float32 and target.shape == (len(EXPERTS),)
+        assert float(target.sum()) == pytest.approx(1.0)
+        assert set(target.unique().tolist()) <= {0.0, 0.5, 1.0}
+        pairs += int((target == 0.5).sum() == 2)
+    assert 15 <= pairs <= 45  # about half
+    # Without mixing the items are exactly those of a run written before the option existed.
+    plain, zero = DS.RestorationDataset(bank, crop_size=32, length=5, seed=5), DS.RestorationDataset(
+        bank, crop_size=32, length=5, seed=5, mixed=0.0)
+    for i in range(5):
+        assert all(torch.equal(a, b) for a, b in zip(plain[i], zero[i], strict=True))
+    with pytest.raises(ValueError):
+        DS.RestorationDataset(bank, mixed=1.0)

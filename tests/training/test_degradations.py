@@ -338,3 +338,27 @@ def test_training_pair() -> None:
     assert all(D.make_training_pair(img, names, np.random.default_rng(s), w)[2] == 4 for s in range(5))
     with pytest.raises(ValueError):
         D.make_training_pair(img, names, np.random.default_rng(0), [0] * 6)
+
+
+def test_mixed_pair_degrades_twice_and_labels_both() -> None:
+    img = smooth_image(14, 48, 48)
+    names = list(D.EXPERTS)
+    seen = set()
+    for seed in range(30):
+        deg, clean, target = D.make_mixed_pair(img, names, np.random.default_rng(seed))
+        assert np.array_equal(clean, img) and target.dtype == np.float32
+        pair = np.flatnonzero(target)
+        assert len(pair) == 2 and np.allclose(target[pair], 0.5)
+        rng = np.random.default_rng(seed)
+        assert sorted(rng.choice(len(names), size=2, replace=False)) == sorted(pair)
+        want = D.quantize8(D.degrade_mixed(img, [names[i] for i in pair], rng))
+        assert np.array_equal(deg, want)  # the same draws, in physical order, quantised
+        seen.add(tuple(pair))
+    assert len(seen) >= 8
+    w = [0, 0, 1, 0, 3, 0]
+    assert all(set(np.flatnonzero(D.make_mixed_pair(img, names, np.random.default_rng(s), w)[2])) == {2, 4}
+               for s in range(5))
+    with pytest.raises(ValueError):
+        D.make_mixed_pair(img, names, np.random.default_rng(0), [0, 0, 1, 0, 0, 0])
+    with pytest.raises(ValueError):
+        D.make_mixed_pair(img, ["noise"], np.random.default_rng(0))

@@ -295,3 +295,34 @@ def test_default_workers_share_the_spare_cores(monkeypatch: pytest.MonkeyPatch) 
     assert train_cli.default_workers(cuda, 4) == 3  # four trainer processes share the other 12
     monkeypatch.setattr(train_cli.os, "cpu_count", lambda: 2)
     assert train_cli.default_workers(cuda, 8) == 1
+
+
+def test_router_trained_with_mixed_pairs_shares_a_pair_between_both(
+    tiny_config: Path, photo_folder: Path, tmp_path: Path
+) -> None:
+    info = train(tiny_config, photo_folder, tmp_path / "run", "router", 150, "--mixed", "0.4")
+    assert info["recipe"]["router"]["mixed"] == 0.4
+    model = load_checkpoint(tmp_path / "run" / "model.safetensors")
+    single_ok = shares = 0
+    with torch.no_grad():
+        for seed in range(100, 112):  # images never seen in training
+            clean = synthetic_photo(seed, 96, 96).astype(np.float32) / 255.0
+            rng = np.random.default_rng(seed)
+            hazy = D.haze(clean, rng, beta=1.5, depth="vertical")
+            cases = [(D.add_gaussian_noise(clean, 25, rng), 0), (hazy, 1), (D.add_gaussian_noise(hazy, 25, rng), None)]
+            for img, label in cases:
+                x = torch.from_numpy(D.quantize8(img).transpose(2, 0, 1).copy())[None]
+                p = model.route(x).logits.softmax(-1)[0]
+                if label is None:
+                    shares += int(p.min() >= 0.2)  # both experts take part
+                else:
+                    single_ok += int(p.argmax() == label)
+    assert single_ok >= 20, f"{single_ok}/24 single degradations"
+    assert shares >= 8, f"{shares}/12 hazy and noisy images use both experts"
+
+
+def test_mixed_is_checked(tiny_config: Path, photo_folder: Path, tmp_path: Path) -> None:
+    base = ["train", "--preset", str(tiny_config), "--stage", "router", "--data", str(photo_folder), "--steps", "2"]
+    assert main([*base, "--run-dir", str(tmp_path / "a"), "--mixed", "1.5"]) == 2
+    assert main([*base, "--run-dir", str(tmp_path / "b"), "--mixed", "0.3", "--tasks", "noise"]) == 2
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
