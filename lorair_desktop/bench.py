@@ -112,6 +112,7 @@ def bench_variants(model, device: str, sizes: list[float], repeats: int) -> list
         n_mp = img.shape[0] * img.shape[1] / 1e6
         variants: list[tuple[str, dict, dict, int]] = [
             ("default (auto tile and precision, channels_last, merged)", {}, {}, 0),
+            ("fp32", {"precision": "fp32"}, {}, 0),
             ("whole image (no tiling)", {}, {"tile": 1 << 16}, 0),
             ("channels_last off", {"channels_last": False}, {}, 0),
             ("unmerged experts (reference path)", {}, {"merged": False}, 0),

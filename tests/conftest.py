@@ -12,6 +12,8 @@ import pytest
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 # OpenMP threads that spin while waiting collapse when processes share the 2 cores (tests + workers).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# "auto" precision on a CPU is measured (core.precision): pin it so results do not depend on a timing.
+os.environ.setdefault("LORAIR_CPU_PRECISION", "fp32")
 
 
 def make_random_model(seed: int = 0):

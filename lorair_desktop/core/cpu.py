@@ -11,15 +11,24 @@ import torch
 
 
 @functools.cache
-def _cpu_flags() -> frozenset[str]:
+def cpu_info() -> tuple[str, frozenset[str]]:
+    """(model name, feature flags) of this CPU from /proc/cpuinfo; elsewhere the platform's processor
+    string and no flags."""
+    name, flags = "", frozenset[str]()
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
+                if line.startswith("model name") and not name:
+                    name = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return frozenset()
+    if not name:
+        import platform
+
+        name = platform.processor() or platform.machine()
+    return name, flags
 
 
 def bf16_fast(device: torch.device | None = None) -> bool:
@@ -28,7 +37,7 @@ def bf16_fast(device: torch.device | None = None) -> bool:
         return torch.cuda.is_bf16_supported()
     if device is not None and device.type == "mps":
         return False
-    return bool({"amx_bf16", "avx512_bf16"} & _cpu_flags())
+    return bool({"amx_bf16", "avx512_bf16"} & cpu_info()[1])
 
 
 # glibc mallopt() parameters (malloc.h).

@@ -32,7 +32,8 @@ def select_device(preference: str = "auto") -> torch.device:
 
 
 def inference_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
-    """fp32 unless asked: reduced precision is opt-in on CPU (memory-bound net), bf16 on CUDA by default."""
+    """The dtype for `precision`; "auto" is bf16 on CUDA and fp32 elsewhere, which the Restorer refines on
+    CPUs with bf16 instructions by measuring (core.precision)."""
     if precision == "fp32":
         return torch.float32
     if precision == "bf16":

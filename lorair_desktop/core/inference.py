@@ -20,6 +20,7 @@ from .cpu import ThreadGovernor, keep_freed_memory, shared_governor
 from .device import inference_dtype, select_device
 from .errors import Cancelled, ImageError
 from .model import LoRAIR
+from .precision import fastest_cpu_dtype
 from .router import quadrant_boxes
 from .routing import apply_overrides
 from .tiling import balanced_length, plan_tiles, tile_profiles
@@ -130,6 +131,9 @@ class Restorer:
         self.model = model.to(self.device).eval()
         if self.channels_last:
             self.model.net.to(memory_format=torch.channels_last)
+        if precision == "auto" and self.device.type == "cpu":  # bf16 only where this CPU runs it faster
+            nc = self.model.cfg.net
+            self.dtype = fastest_cpu_dtype(self.model.net, nc.prior_dim, nc.width)
         self._lock = threading.Lock()
 
     @property

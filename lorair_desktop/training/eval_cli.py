@@ -31,7 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, default=None, help="folder of clean photos (default: the photo manifest)")
     p.add_argument("--split", default="val", choices=["val", "train", "all"], help="which photos of the folder")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
-    p.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16")
+    p.add_argument("--precision", default="fp32",
+                   help="fp32 (default: the model's own numbers, alike on every machine) | auto | bf16 | fp16")
     p.add_argument("--out", type=Path, default=None, help="folder for eval.json and eval.md")
     p.add_argument("--quick", action="store_true", help=f"only {QUICK_IMAGES} images and fewer router crops")
     p.add_argument("--baselines", action="store_true", help="also run CBM3D, Wiener and the dark channel prior (slow)")
