@@ -133,7 +133,7 @@ class Restorer:
             self.model.net.to(memory_format=torch.channels_last)
         if precision == "auto" and self.device.type == "cpu":  # bf16 only where this CPU runs it faster
             nc = self.model.cfg.net
-            self.dtype = fastest_cpu_dtype(self.model.net, nc.prior_dim, nc.width)
+            self.dtype = fastest_cpu_dtype(self.model.net, nc.prior_dim, nc.width, self.channels_last)
         self._lock = threading.Lock()
 
     @property

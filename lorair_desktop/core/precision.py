@@ -45,10 +45,12 @@ def machine_key(width: int) -> str:
 
 
 @torch.inference_mode()
-def time_precisions(net: nn.Module, prior_dim: int, tile: int = 256, rounds: int = 3) -> Timings:
-    """Median seconds of one forward of ``net`` on a ``tile``² input in fp32 and under bf16 autocast,
-    interleaved, after one warm-up of each (bf16 kernels are set up on first use)."""
-    channels_last = next(net.parameters()).is_contiguous(memory_format=torch.channels_last)
+def time_precisions(
+    net: nn.Module, prior_dim: int, channels_last: bool = True, tile: int = 256, rounds: int = 3
+) -> Timings:
+    """Median seconds of one forward of ``net`` on a ``tile``² input (in the memory format the
+    restorer uses) in fp32 and under bf16 autocast, interleaved, after one warm-up of each (bf16
+    kernels are set up on first use)."""
     x = torch.rand(1, 3, tile, tile)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -93,7 +95,8 @@ def fastest_cpu_dtype(
     net: nn.Module,
     prior_dim: int,
     width: int,
-    measure: Callable[[nn.Module, int], Timings] = time_precisions,
+    channels_last: bool = True,
+    measure: Callable[[nn.Module, int, bool], Timings] = time_precisions,
     path: Path | None = None,
 ) -> torch.dtype:
     """fp32 or bf16 for ``precision="auto"`` on this CPU (see the module docstring)."""
@@ -110,7 +113,7 @@ def fastest_cpu_dtype(
     cache = _read(path)
     entry = cache.get(key)
     if not (isinstance(entry, dict) and entry.get("precision") in _DTYPES):
-        t = measure(net, prior_dim)
+        t = measure(net, prior_dim, channels_last)
         entry = {"precision": "bf16" if t["bf16"] <= MARGIN * t["fp32"] else "fp32",
                  "fp32_s": t["fp32"], "bf16_s": t["bf16"], "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
         log.info("CPU precision for %s: %s (fp32 %.3f s, bf16 %.3f s per tile)", key, entry["precision"],

@@ -19,7 +19,7 @@ class Measure:
         self.timings = {"fp32": fp32, "bf16": bf16}
         self.calls = 0
 
-    def __call__(self, net: torch.nn.Module, prior_dim: int) -> dict[str, float]:
+    def __call__(self, net: torch.nn.Module, prior_dim: int, channels_last: bool) -> dict[str, float]:
         self.calls += 1
         return self.timings
 
@@ -73,7 +73,7 @@ def test_environment_and_hardware_decide_without_measuring(
 
 @pytest.mark.usefixtures("measured")
 def test_restorer_auto_measures_the_real_network(small_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    t = P.time_precisions(small_model.net, small_model.cfg.net.prior_dim, tile=64, rounds=1)
+    t = P.time_precisions(small_model.net, small_model.cfg.net.prior_dim, channels_last=False, tile=64, rounds=1)
     assert set(t) == {"fp32", "bf16"} and all(v > 0 for v in t.values())
     monkeypatch.setattr(P, "cache_file", lambda: tmp_path / "verdict.json")
     r = Restorer(small_model, device="cpu")  # auto
