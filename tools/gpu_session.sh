@@ -7,7 +7,7 @@
 #     -> .gpu/ (git-ignored, ~50 MB): wheels the GPU image lacks, the photos, the starting weights
 # There (the device tool: carry [".gpu"], timeout ~590 s), from the repository root:
 #   bash tools/gpu_session.sh run "$OUT" [SCALE]
-#     SCALE multiplies every training stage's minutes (1: 6.2 min of training, ~9.3 min in all; 0.02 for a dry
+#     SCALE multiplies every training stage's minutes (1: 6.2 min of training, 7.5 min in all on an H200; 0.02 for a dry
 #     run here with DEVICE=cpu BENCH=0 PY=.venv/bin/python)
 # Back here: cat OUT/run.tar.part* | tar x -C RUN_DIR, then `lorair eval` and the export (README).
 set -u
