@@ -238,6 +238,8 @@ def _recipe_section(run: dict[str, Any], run_dir: Path) -> list[str]:
         what = "LoRA experts + base network (full fine-tuning)" if st == "experts" and rc.get("full") else trains[st]
         if rc.get("tasks", "all") != "all":
             what += f"; tasks {rc['tasks']}"
+        if rc.get("mixed"):
+            what += f"; {100 * rc['mixed']:.0f} % of samples with two degradations"
         val = [h for h in res.get("history", []) if "val_psnr" in h or "val_acc" in h]
         last = "–"
         if val:
