@@ -172,13 +172,13 @@ def bench_backbone(model, repeats: int, side: int = 1024, peer: bool = True, dev
     # Interleaved (A B C D, A B C D, ...): a neighbour's load or a clock change then hits every variant
     # alike, so the ratios stay meaningful on a shared machine.
     samples: dict[str, list[float]] = {name: [] for name in variants}
+    timed = {name: _synced(fn, device) for name, (_setup, fn) in variants.items()}
     with torch.inference_mode():
         for rep in range(repeats + 1):  # the first round is the warm-up
-            for name, (setup, fn) in variants.items():
+            for name, (setup, _fn) in variants.items():
                 setup()
-                timed = _synced(fn, device)
                 t0 = time.perf_counter()
-                timed()
+                timed[name]()
                 if rep:
                     samples[name].append(time.perf_counter() - t0)
     model.unmerge()

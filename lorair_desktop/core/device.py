@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .errors import DeviceError
@@ -31,9 +33,11 @@ def select_device(preference: str = "auto") -> torch.device:
     return torch.device(pref)
 
 
-def inference_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
-    """The dtype for `precision`; "auto" is bf16 on CUDA and fp32 elsewhere, which the Restorer refines on
-    CPUs with bf16 instructions by measuring (core.precision)."""
+def inference_dtype(
+    device: torch.device, precision: str = "auto", cpu_auto: Callable[[], torch.dtype] | None = None
+) -> torch.dtype:
+    """The dtype for `precision`. "auto" is bf16 on CUDA; on a CPU, what `cpu_auto` decides (the Restorer
+    measures its network there: core.precision); fp32 otherwise."""
     if precision == "fp32":
         return torch.float32
     if precision == "bf16":
@@ -44,4 +48,6 @@ def inference_dtype(device: torch.device, precision: str = "auto") -> torch.dtyp
         raise DeviceError(f"unknown precision '{precision}'", "use auto, fp32, bf16 or fp16")
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
+    if device.type == "cpu" and cpu_auto is not None:
+        return cpu_auto()
     return torch.float32

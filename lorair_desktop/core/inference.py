@@ -123,7 +123,6 @@ class Restorer:
     ) -> None:
         self.device = device if isinstance(device, torch.device) else select_device(device)
         keep_freed_memory()  # every tile op allocates big tensors: reuse freed blocks, no page faults
-        self.dtype = inference_dtype(self.device, precision)
         self.channels_last = channels_last and self.device.type != "mps"
         self.memory_budget_mb = memory_budget_mb
         # CPU: fewer threads while other programs hold cores (spinning OpenMP teams collapse then).
@@ -131,9 +130,9 @@ class Restorer:
         self.model = model.to(self.device).eval()
         if self.channels_last:
             self.model.net.to(memory_format=torch.channels_last)
-        if precision == "auto" and self.device.type == "cpu":  # bf16 only where this CPU runs it faster
-            nc = self.model.cfg.net
-            self.dtype = fastest_cpu_dtype(self.model.net, nc.prior_dim, nc.width, self.channels_last)
+        nc = self.model.cfg.net  # on a CPU, "auto" is bf16 only where it runs this network faster
+        self.dtype = inference_dtype(self.device, precision, lambda: fastest_cpu_dtype(
+            self.model.net, nc.prior_dim, nc.width, self.channels_last))
         self._lock = threading.Lock()
 
     @property

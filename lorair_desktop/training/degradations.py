@@ -619,6 +619,17 @@ def degrade_mixed(img: Image, names: Sequence[str], rng: np.random.Generator) ->
     return y
 
 
+def _draw_probabilities(names: Sequence[str], weights: Sequence[float] | None, draws: int) -> np.ndarray | None:
+    """``weights`` checked and normalised into ``rng.choice`` probabilities (None: uniform); ``draws``
+    experts are drawn without replacement, so at least that many need a positive weight."""
+    if weights is None:
+        return None
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (len(names),) or (w < 0).any() or np.count_nonzero(w) < draws:
+        raise ValueError(f"weights must be non-negative, one per name, at least {draws} positive")
+    return w / w.sum()
+
+
 def make_training_pair(
     clean: Image,
     names: Sequence[str],
@@ -634,13 +645,7 @@ def make_training_pair(
     if not names:
         raise ValueError("need at least one degradation name")
     x = _check(clean)
-    p = None
-    if weights is not None:
-        w = np.asarray(weights, dtype=np.float64)
-        if w.shape != (len(names),) or (w < 0).any() or w.sum() <= 0:
-            raise ValueError("weights must be non-negative, one per name, not all zero")
-        p = w / w.sum()
-    label = int(rng.choice(len(names), p=p))
+    label = int(rng.choice(len(names), p=_draw_probabilities(names, weights, 1)))
     y = degrade(x, names[label], rng)
     return (quantize8(y) if quantize else y), x, label
 
@@ -661,13 +666,7 @@ def make_mixed_pair(
     if len(names) < 2:
         raise ValueError("a mixed pair needs at least two degradation names")
     x = _check(clean)
-    p = None
-    if weights is not None:
-        w = np.asarray(weights, dtype=np.float64)
-        if w.shape != (len(names),) or (w < 0).any() or np.count_nonzero(w) < 2:
-            raise ValueError("weights must be non-negative, one per name, at least two positive")
-        p = w / w.sum()
-    pair = rng.choice(len(names), size=2, replace=False, p=p)
+    pair = rng.choice(len(names), size=2, replace=False, p=_draw_probabilities(names, weights, 2))
     y = degrade_mixed(x, [names[int(i)] for i in pair], rng)
     target = np.zeros(len(names), np.float32)
     target[pair] = 0.5

@@ -103,3 +103,7 @@ def test_device_selection_with_simulated_availability(monkeypatch) -> None:
     assert select_device("cuda:1") == torch.device("cuda:1")
     assert inference_dtype(torch.device("cpu")) == torch.float32
     assert inference_dtype(torch.device("cpu"), "bf16") == torch.bfloat16
+    # "auto" on a CPU is the caller's measured choice (the Restorer's); an explicit precision overrules it
+    bf16 = lambda: torch.bfloat16  # noqa: E731
+    assert inference_dtype(torch.device("cpu"), "auto", bf16) == torch.bfloat16
+    assert inference_dtype(torch.device("cpu"), "fp32", bf16) == torch.float32
