@@ -118,5 +118,24 @@ class LoRAConv2d(nn.Module):
         return y
 
 
+    @torch.no_grad()
+    def grow_from(self, small: LoRAConv2d) -> None:
+        """Take ``small``'s weights into this layer of the same conv but a rank at least as high,
+        with every expert's delta unchanged. B @ A is a sum of rank-one terms, so ``small``'s terms
+        go first and the extra ones keep their fresh A with B = 0 (LoRA's own start); B is rescaled
+        where alpha/rank differs. The grown layer computes what ``small`` computed, and the new
+        rank starts learning from there."""
+        if (self.conv.weight.shape != small.conv.weight.shape or self.num_experts != small.num_experts
+                or self.rank < small.rank):
+            raise ValueError(f"cannot grow rank {small.rank} ({tuple(small.conv.weight.shape)}, "
+                             f"{small.num_experts} experts) into rank {self.rank} "
+                             f"({tuple(self.conv.weight.shape)}, {self.num_experts} experts)")
+        self.conv.load_state_dict(small.conv.state_dict())
+        n = small.lora_A.shape[1]  # small.rank * k
+        self.lora_A[:, :n] = small.lora_A
+        self.lora_B.zero_()
+        self.lora_B[:, :, :n] = small.lora_B * (small.scale / self.scale)
+
+
 def lora_layers(module: nn.Module) -> list[LoRAConv2d]:
     return [m for m in module.modules() if isinstance(m, LoRAConv2d)]

@@ -17,6 +17,7 @@ import torch.distributed as dist
 from ..core.checkpoint import load_checkpoint, save_checkpoint
 from ..core.config import ModelConfig, load_config
 from ..core.device import select_device
+from ..core.lora import lora_layers
 from ..core.model import LoRAIR
 from ..errors import LoraIRError
 from .dataset import (
@@ -147,16 +148,23 @@ def seed_run(run_dir: Path, cfg: ModelConfig, source: Path, seed: int, router_on
                           f"choose an empty --run-dir, or drop {flag} to continue it")
     src = load_checkpoint(source)  # validated key for key against its own config
     same = src.cfg.router == cfg.router and tuple(src.experts) == tuple(cfg.experts)
+    # a preset of higher LoRA rank may start from a trained lower-rank model: same outputs, more room
+    grow = src.cfg.lora.rank < cfg.lora.rank and src.cfg.lora.top_k == cfg.lora.top_k
     if not router_only:
-        same = same and src.cfg.net == cfg.net and src.cfg.lora == cfg.lora
+        same = same and src.cfg.net == cfg.net and (src.cfg.lora == cfg.lora or grow)
     if not same:
         part = "router" if router_only else "network"
         raise LoraIRError(f"{source.name}'s {part} differs from the {cfg.name} {part} (config or experts)",
-                          "use a checkpoint of the same preset")
+                          "use a checkpoint of the same preset, or of the same network with a lower LoRA rank")
     torch.manual_seed(seed)
     model = LoRAIR(cfg)
     if router_only:
         model.router.load_state_dict(src.router.state_dict())
+    elif src.cfg.lora != cfg.lora:
+        loaded = model.load_state_dict({k: v for k, v in src.state_dict().items() if ".lora_" not in k}, strict=False)
+        assert not loaded.unexpected_keys and all(".lora_" in k for k in loaded.missing_keys), loaded
+        for big, small in zip(lora_layers(model), lora_layers(src), strict=True):
+            big.grow_from(small)
     else:
         model.load_state_dict(src.state_dict())
     run_dir.mkdir(parents=True, exist_ok=True)

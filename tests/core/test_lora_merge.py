@@ -101,3 +101,27 @@ def test_whole_model_merged_vs_unmerged(small_model) -> None:
     assert (merged - ref).abs().max().item() <= 1e-5
     assert (merged - base).abs().max().item() > 1e-4  # the experts really change the output
     assert torch.equal(after, base)
+
+
+@pytest.mark.parametrize("groups", [1, 8])
+def test_grown_rank_keeps_every_expert_delta(groups: int) -> None:
+    small = _layer(groups)  # rank 2, alpha 4: scale 2
+    c_out = small.conv.out_channels
+    big = LoRAConv2d(8, c_out, 3, padding=1, groups=groups, num_experts=3, rank=6, alpha=3)  # scale 0.5
+    big.grow_from(small)
+    torch.testing.assert_close(big.deltas(), small.deltas(), rtol=1e-6, atol=1e-7)
+    assert torch.equal(big.conv.weight, small.conv.weight) and torch.equal(big.conv.bias, small.conv.bias)
+    x = torch.rand(2, 8, 10, 10)
+    big.mix = small.mix = torch.tensor([[0.2, 0.8, 0.0], [0.0, 0.0, 1.0]])
+    torch.testing.assert_close(big(x), small(x), rtol=1e-5, atol=1e-6)
+    # the extra rank is free to learn: a gradient reaches its B columns (LoRA's zero start)
+    big(x).square().mean().backward()
+    assert big.lora_B.grad[:, :, small.lora_A.shape[1]:].abs().sum() > 0
+
+
+def test_rank_cannot_shrink_or_change_the_conv() -> None:
+    small = _layer()
+    with pytest.raises(ValueError, match="cannot grow rank 2"):
+        LoRAConv2d(8, 12, 3, padding=1, num_experts=3, rank=1, alpha=4).grow_from(small)
+    with pytest.raises(ValueError, match="cannot grow"):
+        LoRAConv2d(8, 16, 3, padding=1, num_experts=3, rank=4, alpha=4).grow_from(small)

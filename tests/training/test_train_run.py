@@ -232,6 +232,34 @@ def test_init_from_seeds_every_weight(tiny_config: Path, photo_folder: Path, tmp
         assert rc == 2 and not (tmp_path / "bad").exists()
 
 
+def test_init_from_a_lower_rank_grows_the_experts(tiny_config: Path, photo_folder: Path, tmp_path: Path) -> None:
+    """A preset of higher LoRA rank seeded from a trained model restores exactly as that model did;
+    a lower rank is refused, since it would throw trained experts away."""
+    from lorair_desktop.core.inference import Restorer
+
+    train(tiny_config, photo_folder, tmp_path / "src", "experts", 4, "--lr", "1e-2")
+    src_path = tmp_path / "src" / "model.safetensors"
+    cfg = json.loads(tiny_config.read_text())
+    grown_cfg = tmp_path / "grown.json"
+    grown_cfg.write_text(json.dumps({**cfg, "lora": {**cfg["lora"], "rank": 6, "alpha": 3}}))
+    rc = main(["train", "--preset", str(grown_cfg), "--stage", "experts", "--data", str(photo_folder), "--steps", "1",
+               "--lr", "1e-12", "--run-dir", str(tmp_path / "grown"), "--init-from", str(src_path)])
+    assert rc == 0
+    src, grown = load_checkpoint(src_path), load_checkpoint(tmp_path / "grown" / "model.safetensors")
+    assert grown.cfg.lora.rank == 6 and src.cfg.lora.rank == 2
+    assert float(src.net.state_dict()[next(k for k in src.net.state_dict() if "lora_B" in k)].abs().sum()) > 0
+    img = np.random.default_rng(3).random((40, 56, 3)).astype(np.float32)
+    manual = {"noise": 0.6, "haze": 0.4}  # both experts' deltas count, not just the routed one
+    a = Restorer(src, device="cpu", precision="fp32").restore(img, overrides=manual).image
+    b = Restorer(grown, device="cpu", precision="fp32").restore(img, overrides=manual).image
+    assert np.abs(a - b).max() < 1e-5
+    shrunk_cfg = tmp_path / "shrunk.json"
+    shrunk_cfg.write_text(json.dumps({**cfg, "lora": {**cfg["lora"], "rank": 1, "alpha": 2}}))
+    rc = main(["train", "--preset", str(shrunk_cfg), "--stage", "experts", "--data", str(photo_folder),
+               "--run-dir", str(tmp_path / "bad"), "--init-from", str(tmp_path / "grown" / "model.safetensors")])
+    assert rc == 2 and not (tmp_path / "bad").exists()
+
+
 def test_training_with_workers_equals_training_without(tiny_config: Path, photo_folder: Path, tmp_path: Path) -> None:
     train(tiny_config, photo_folder, tmp_path / "serial", "experts", 5, "--workers", "0", "--crops-per-context", "2")
     train(tiny_config, photo_folder, tmp_path / "ahead", "experts", 5, "--workers", "2", "--crops-per-context", "2")
