@@ -12,7 +12,7 @@ from scipy import ndimage
 from lorair_desktop.cli import main
 from lorair_desktop.training import baselines as B
 from lorair_desktop.training import degradations as D
-from lorair_desktop.training.evaluate import EVAL_ROWS, MIXED_ROWS, psnr, ssim, targets
+from lorair_desktop.training.evaluate import EVAL_ROWS, MIXED_ROWS, exposure_matched, psnr, ssim, targets
 
 from .conftest import synthetic_photo
 
@@ -51,6 +51,16 @@ def test_psnr_and_ssim() -> None:
     assert ssim(z, x) < ssim(y, x) < 0.99
     with pytest.raises(ValueError):
         ssim(x, x[:-1])
+
+
+def test_exposure_matching_undoes_a_global_gain_only() -> None:
+    x = photo() * 0.9
+    assert psnr(exposure_matched(x * 0.6, x), x) > 60  # a pure exposure error vanishes
+    assert float(exposure_matched(x * 0.6, x).mean()) == pytest.approx(float(x.mean()), rel=1e-5)
+    noisy = D.add_gaussian_noise(x, 25, np.random.default_rng(0))
+    assert psnr(exposure_matched(noisy * 0.6, x), x) < 25  # ... but no restoration error
+    assert exposure_matched(np.zeros_like(x), x).max() == 0  # a black output stays black, no division by 0
+    assert [r.name for r in EVAL_ROWS if r.exposure_matched] == ["low-light"]
 
 
 def test_wiener_with_the_true_kernel_deblurs() -> None:
@@ -101,11 +111,13 @@ def test_eval_cli_quick(small_model_path: Path, photo_folder: Path, tmp_path: Pa
     assert "| noise σ25 |" in printed and "router top-1" in printed.lower()
     md = (tmp_path / "ev" / "eval.md").read_text()
     assert md.startswith("## ") and "| worst crop dB |" in md
+    assert "low-light: " in md and "exposure matched to the photo" in md
     assert len(report["data"]["images"]) == 3
     assert [r["row"] for r in report["rows"]] == [r.name for r in EVAL_ROWS + MIXED_ROWS]
     for r in report["rows"]:
         assert r["n"] == 3 and 0 < r["input"]["ssim"] <= 1 and np.isfinite(r["model"]["psnr"])
         assert sum(r["routed"].values()) == 3 and "baseline" not in r
+        assert ("exposure_matched" in r) == (r["row"] == "low-light")
         # the worst crop's gain bounds the mean gain from below (a crop made worse cannot hide in the mean)
         assert r["worst_gain"] <= r["model"]["psnr"] - r["input"]["psnr"] + 1e-9
     router = report["router"]
