@@ -117,7 +117,6 @@ class LoRAConv2d(nn.Module):
                 y = y + weights[i] * F.conv2d(x, d, None, c.stride, c.padding, c.dilation, c.groups)
         return y
 
-
     @torch.no_grad()
     def grow_from(self, small: LoRAConv2d) -> None:
         """Take ``small``'s weights into this layer of the same conv but a rank at least as high,
