@@ -7,10 +7,12 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 import platformdirs
+import psutil
 import torch
 import torch.distributed as dist
 
@@ -171,6 +173,30 @@ def seed_run(run_dir: Path, cfg: ModelConfig, source: Path, seed: int, router_on
     save_checkpoint(model, run_dir / "model.safetensors")
 
 
+def lock_run(run_dir: Path) -> Callable[[], None]:
+    """One ``lorair train`` per run folder: a second would silently overwrite the first's
+    checkpoints. The lock file names its process; a lock whose process is gone is stale and taken
+    over. Returns the release."""
+    lock = run_dir / "train.lock"
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text(encoding="ascii").strip())
+            except (OSError, ValueError):
+                pid = 0  # unreadable or half-written: treated as stale
+            if pid and pid != os.getpid() and psutil.pid_exists(pid):
+                raise LoraIRError(f"another lorair train (process {pid}) is training in {run_dir}",
+                                  "wait for it or stop it, or choose another --run-dir") from None
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(str(os.getpid()))
+        return lambda: lock.unlink(missing_ok=True)
+    raise LoraIRError(f"could not take the lock {lock}", "remove it if no lorair train is running")
+
+
 def default_workers(device: torch.device, processes: int = 1) -> int:
     """On a GPU, the cores the trainer processes leave, shared among them; on a CPU the cores train."""
     if device.type == "cpu":
@@ -226,95 +252,99 @@ def run(args: argparse.Namespace) -> int:
     if world > 1:
         dist.barrier()  # the other ranks load the seeded model
     run_dir.mkdir(parents=True, exist_ok=True)
-    device = select_device(args.device)
-    if world > 1 and device.type == "cuda":  # one GPU per process
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    workers = default_workers(device, world) if args.workers is None else max(0, args.workers)
-    if args.data is not None:
-        train_bank = ImageBank.from_folder(args.data, "train")
-        val_bank = ImageBank.from_folder(args.data, "val")
-    else:
-        train_bank, val_bank = photo_bank("train"), photo_bank("val")
-    model = load_or_init(run_dir, cfg, args.seed).to(device)
-    from .evaluate import hardware_info  # lazy: only needed here, for the model card
+    release = lock_run(run_dir) if rank == 0 else (lambda: None)
+    try:
+        device = select_device(args.device)
+        if world > 1 and device.type == "cuda":  # one GPU per process
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        workers = default_workers(device, world) if args.workers is None else max(0, args.workers)
+        if args.data is not None:
+            train_bank = ImageBank.from_folder(args.data, "train")
+            val_bank = ImageBank.from_folder(args.data, "val")
+        else:
+            train_bank, val_bank = photo_bank("train"), photo_bank("val")
+        model = load_or_init(run_dir, cfg, args.seed).to(device)
+        from .evaluate import hardware_info  # lazy: only needed here, for the model card
 
-    hardware = hardware_info(device)
-    info = partial(write_run_info, run_dir) if rank == 0 else lambda _info: None
-    say = print if rank == 0 else lambda *_a, **_k: None
-    info(
-        {
-            "preset": cfg.name,
-            "config": cfg.to_dict(),
-            "device": str(device),
-            "hardware": hardware,
-            "data": str(args.data) if args.data is not None else "photo manifest",
-            "train_images": train_bank.names,
-            "val_images": val_bank.names,
-            **({"router_from": str(args.router_from)} if args.router_from is not None else {}),
-            **({"init_from": str(args.init_from)} if args.init_from is not None else {}),
-        },
-    )
-    recipes = json.loads((run_dir / "run.json").read_text()).get("recipe", {}) if rank == 0 else {}
-    crop = args.crop or cfg.net.train_size
-    for st in stages:
-        d = STAGE_DEFAULTS[st]
-        context = args.context or d["context"]
-        minutes = None if args.minutes is None else args.minutes * (MINUTE_SHARE[st] if len(stages) > 1 else 1)
-        sc = StageConfig(
-            stage=st,
-            steps=args.steps or d["steps"],
-            minutes=minutes,
-            batch=args.batch or d["batch"],
-            lr=args.lr or d["lr"],
-            full=args.full,
-            bf16=args.bf16,
-            seed=args.seed,
-            val_every=args.val_every,
-            time_schedule=args.time_schedule,
-            crops_per_context=args.crops_per_context,
+        hardware = hardware_info(device)
+        info = partial(write_run_info, run_dir) if rank == 0 else lambda _info: None
+        say = print if rank == 0 else lambda *_a, **_k: None
+        info(
+            {
+                "preset": cfg.name,
+                "config": cfg.to_dict(),
+                "device": str(device),
+                "hardware": hardware,
+                "data": str(args.data) if args.data is not None else "photo manifest",
+                "train_images": train_bank.names,
+                "val_images": val_bank.names,
+                **({"router_from": str(args.router_from)} if args.router_from is not None else {}),
+                **({"init_from": str(args.init_from)} if args.init_from is not None else {}),
+            },
         )
-        ds = RestorationDataset(
-            train_bank,
-            cfg.experts,
-            crop_size=context,
-            length=10**9,
-            seed=args.seed + 17 * STAGES.index(st),
-            weights=task_weights,
-            mixed=args.mixed,
-        )
-        val = _val_batches(val_bank, cfg.experts, context, task_weights)
-        # Across processes the batches travel as 8 bits: a quarter of the bytes, the same values.
-        batches = StepBatches(ds, sc.batch, sc.steps, as_uint8=workers > 0, rank=rank, world=world)
-        stream = BatchStream(batches, workers, pin_memory=device.type == "cuda")
-        runner = StageRunner(model, sc, run_dir, stream, val, device)
-        runner.try_resume()
-        if runner.step >= sc.steps:
-            log.info("stage %s already complete (%d steps)", st, runner.step)
-            continue
-        # Per stage, hardware included: a run may move between machines.
-        recipe = {**stage_config_dict(sc), "context": context, "crop": None if st == "router" else crop,
-                  "tasks": args.tasks or "all", "mixed": args.mixed, "hardware": hardware}
-        recipes = {**recipes, st: recipe}
-        info({"recipe": recipes})
-        t0 = time.monotonic()
-        try:
-            result = runner.run(crop=None if st == "router" else crop)
-        finally:
-            stream.close()
-        result["wall_s"] = time.monotonic() - t0
-        result["wall_s_total"] = runner.wall_s  # all sessions of this stage (kept in its state file)
-        result["history"] = runner.history[-20:]
-        info({f"stage_{st}": result})
-        say(
-            f"[{st}] step {result['step']}/{sc.steps} loss {result['loss']}, {result['wall_s'] / 60:.1f} min, "
-            f"last {[h for h in runner.history if 'val_psnr' in h or 'val_acc' in h][-1:]}"
-        )
-        if not result["done"]:
-            say(
-                f"stopped by the time budget; continue with: lorair train --preset {args.preset} --stage {st} "
-                f"--resume --run-dir {run_dir}"
+        recipes = json.loads((run_dir / "run.json").read_text()).get("recipe", {}) if rank == 0 else {}
+        crop = args.crop or cfg.net.train_size
+        for st in stages:
+            d = STAGE_DEFAULTS[st]
+            context = args.context or d["context"]
+            minutes = None if args.minutes is None else args.minutes * (MINUTE_SHARE[st] if len(stages) > 1 else 1)
+            sc = StageConfig(
+                stage=st,
+                steps=args.steps or d["steps"],
+                minutes=minutes,
+                batch=args.batch or d["batch"],
+                lr=args.lr or d["lr"],
+                full=args.full,
+                bf16=args.bf16,
+                seed=args.seed,
+                val_every=args.val_every,
+                time_schedule=args.time_schedule,
+                crops_per_context=args.crops_per_context,
             )
-            return 0
-    say(f"run folder: {run_dir} (model.safetensors)")
-    return 0
+            ds = RestorationDataset(
+                train_bank,
+                cfg.experts,
+                crop_size=context,
+                length=10**9,
+                seed=args.seed + 17 * STAGES.index(st),
+                weights=task_weights,
+                mixed=args.mixed,
+            )
+            val = _val_batches(val_bank, cfg.experts, context, task_weights)
+            # Across processes the batches travel as 8 bits: a quarter of the bytes, the same values.
+            batches = StepBatches(ds, sc.batch, sc.steps, as_uint8=workers > 0, rank=rank, world=world)
+            stream = BatchStream(batches, workers, pin_memory=device.type == "cuda")
+            runner = StageRunner(model, sc, run_dir, stream, val, device)
+            runner.try_resume()
+            if runner.step >= sc.steps:
+                log.info("stage %s already complete (%d steps)", st, runner.step)
+                continue
+            # Per stage, hardware included: a run may move between machines.
+            recipe = {**stage_config_dict(sc), "context": context, "crop": None if st == "router" else crop,
+                      "tasks": args.tasks or "all", "mixed": args.mixed, "hardware": hardware}
+            recipes = {**recipes, st: recipe}
+            info({"recipe": recipes})
+            t0 = time.monotonic()
+            try:
+                result = runner.run(crop=None if st == "router" else crop)
+            finally:
+                stream.close()
+            result["wall_s"] = time.monotonic() - t0
+            result["wall_s_total"] = runner.wall_s  # all sessions of this stage (kept in its state file)
+            result["history"] = runner.history[-20:]
+            info({f"stage_{st}": result})
+            say(
+                f"[{st}] step {result['step']}/{sc.steps} loss {result['loss']}, {result['wall_s'] / 60:.1f} min, "
+                f"last {[h for h in runner.history if 'val_psnr' in h or 'val_acc' in h][-1:]}"
+            )
+            if not result["done"]:
+                say(
+                    f"stopped by the time budget; continue with: lorair train --preset {args.preset} --stage {st} "
+                    f"--resume --run-dir {run_dir}"
+                )
+                return 0
+        say(f"run folder: {run_dir} (model.safetensors)")
+        return 0
+    finally:
+        release()
