@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import time
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 import platformdirs
-import psutil
 import torch
 import torch.distributed as dist
 
@@ -22,6 +21,7 @@ from ..core.device import select_device
 from ..core.lora import lora_layers
 from ..core.model import LoRAIR
 from ..errors import LoraIRError
+from ..single_instance import single_instance
 from .dataset import (
     BatchStream,
     ImageBank,
@@ -173,30 +173,6 @@ def seed_run(run_dir: Path, cfg: ModelConfig, source: Path, seed: int, router_on
     save_checkpoint(model, run_dir / "model.safetensors")
 
 
-def lock_run(run_dir: Path) -> Callable[[], None]:
-    """One ``lorair train`` per run folder: a second would silently overwrite the first's
-    checkpoints. The lock file names its process; a lock whose process is gone is stale and taken
-    over. Returns the release."""
-    lock = run_dir / "train.lock"
-    for _ in range(3):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                pid = int(lock.read_text(encoding="ascii").strip())
-            except (OSError, ValueError):
-                pid = 0  # unreadable or half-written: treated as stale
-            if pid and pid != os.getpid() and psutil.pid_exists(pid):
-                raise LoraIRError(f"another lorair train (process {pid}) is training in {run_dir}",
-                                  "wait for it or stop it, or choose another --run-dir") from None
-            lock.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(str(os.getpid()))
-        return lambda: lock.unlink(missing_ok=True)
-    raise LoraIRError(f"could not take the lock {lock}", "remove it if no lorair train is running")
-
-
 def default_workers(device: torch.device, processes: int = 1) -> int:
     """On a GPU, the cores the trainer processes leave, shared among them; on a CPU the cores train."""
     if device.type == "cpu":
@@ -252,8 +228,11 @@ def run(args: argparse.Namespace) -> int:
     if world > 1:
         dist.barrier()  # the other ranks load the seeded model
     run_dir.mkdir(parents=True, exist_ok=True)
-    release = lock_run(run_dir) if rank == 0 else (lambda: None)
-    try:
+    # One trainer per run folder (rank 0 speaks for a DDP run): a second would overwrite the checkpoints.
+    with single_instance(run_dir / "train.lock") if rank == 0 else contextlib.nullcontext(True) as mine:
+        if not mine:
+            raise LoraIRError(f"another lorair train is training in {run_dir}",
+                              "wait for it or stop it, or choose another --run-dir")
         device = select_device(args.device)
         if world > 1 and device.type == "cuda":  # one GPU per process
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -346,5 +325,3 @@ def run(args: argparse.Namespace) -> int:
                 return 0
         say(f"run folder: {run_dir} (model.safetensors)")
         return 0
-    finally:
-        release()

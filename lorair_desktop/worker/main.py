@@ -8,7 +8,6 @@ serving, free the model and remove the runtime file. One worker per runtime fold
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import secrets
@@ -18,7 +17,7 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from ..bridge.protocol import PROTOCOL_VERSION
 from ..bridge.runtime import (
@@ -32,6 +31,7 @@ from ..bridge.runtime import (
 )
 from ..core import DEFAULT_MODEL, LoraIRError
 from ..core.device import DEVICE_CHOICES
+from ..single_instance import single_instance
 from .config import Limits, WorkerConfig
 from .jobs import Scheduler
 from .models import ModelManager
@@ -129,29 +129,6 @@ def run(args: argparse.Namespace) -> int:
     return serve(config_from_args(args))
 
 
-@contextlib.contextmanager
-def _single_instance(directory: Path) -> Any:
-    """Yields True while this process holds the folder's worker lock, False if another one does."""
-    fd = os.open(directory / "worker.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    f: IO[bytes] = os.fdopen(fd, "r+b")  # held for the worker's life
-    try:
-        try:
-            if sys.platform == "win32":
-                import msvcrt
-
-                msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
-            else:
-                import fcntl
-
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            yield False
-            return
-        yield True
-    finally:
-        f.close()  # closing releases the lock
-
-
 def serve(cfg: WorkerConfig, stop: threading.Event | None = None) -> int:
     """Run until `stop` is set, a signal arrives, or the idle limit passes. Returns the exit code."""
     if not cfg.allow_remote and not is_loopback(cfg.host):
@@ -163,7 +140,7 @@ def serve(cfg: WorkerConfig, stop: threading.Event | None = None) -> int:
         log.error("cannot use the runtime folder: %s", exc)
         return EXIT_CONFIG
     path = runtime_file(directory)
-    with _single_instance(directory) as mine:
+    with single_instance(directory / "worker.lock") as mine:
         if not mine:
             log.error("another worker already runs for %s (see %s); not starting a second one", directory, path)
             return EXIT_ALREADY_RUNNING
