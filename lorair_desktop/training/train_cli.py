@@ -31,7 +31,16 @@ from .dataset import (
     build_validation_set,
     photo_bank,
 )
-from .trainer import STAGES, StageConfig, StageRunner, ddp_info, load_or_init, stage_config_dict, write_run_info
+from .trainer import (
+    STAGES,
+    StageConfig,
+    StageRunner,
+    ddp_info,
+    load_or_init,
+    stage_config_dict,
+    stop_on_signal,
+    write_run_info,
+)
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +238,10 @@ def run(args: argparse.Namespace) -> int:
         dist.barrier()  # the other ranks load the seeded model
     run_dir.mkdir(parents=True, exist_ok=True)
     # One trainer per run folder (rank 0 speaks for a DDP run): a second would overwrite the checkpoints.
-    with single_instance(run_dir / "train.lock") if rank == 0 else contextlib.nullcontext(True) as mine:
+    with (
+        single_instance(run_dir / "train.lock") if rank == 0 else contextlib.nullcontext(True) as mine,
+        stop_on_signal() as stop,
+    ):
         if not mine:
             raise LoraIRError(f"another lorair train is training in {run_dir}",
                               "wait for it or stop it, or choose another --run-dir")
@@ -294,7 +306,7 @@ def run(args: argparse.Namespace) -> int:
             # Across processes the batches travel as 8 bits: a quarter of the bytes, the same values.
             batches = StepBatches(ds, sc.batch, sc.steps, as_uint8=workers > 0, rank=rank, world=world)
             stream = BatchStream(batches, workers, pin_memory=device.type == "cuda")
-            runner = StageRunner(model, sc, run_dir, stream, val, device)
+            runner = StageRunner(model, sc, run_dir, stream, val, device, stop)
             runner.try_resume()
             if runner.step >= sc.steps:
                 log.info("stage %s already complete (%d steps)", st, runner.step)
@@ -318,10 +330,9 @@ def run(args: argparse.Namespace) -> int:
                 f"last {[h for h in runner.history if 'val_psnr' in h or 'val_acc' in h][-1:]}"
             )
             if not result["done"]:
-                say(
-                    f"stopped by the time budget; continue with: lorair train --preset {args.preset} --stage {st} "
-                    f"--resume --run-dir {run_dir}"
-                )
-                return 0
+                why = "stopped on request, checkpoint saved" if result["interrupted"] else "stopped by the time budget"
+                say(f"{why}; continue with: lorair train --preset {args.preset} --stage {st} "
+                    f"--resume --run-dir {run_dir}")
+                return 130 if result["interrupted"] else 0
         say(f"run folder: {run_dir} (model.safetensors)")
         return 0

@@ -15,9 +15,12 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -70,6 +73,35 @@ def psnr(pred: Tensor, target: Tensor) -> Tensor:
     return -10.0 * torch.log10(mse + 1e-10)
 
 
+@contextmanager
+def stop_on_signal() -> Iterator[threading.Event]:
+    """An event the first Ctrl-C (SIGINT) or SIGTERM sets instead of killing the trainer: the runner
+    then finishes its step, saves a checkpoint and returns, so a stopped run loses nothing and resumes
+    exactly. A second signal aborts at once (the last checkpoint stays). Off the main thread, where
+    Python cannot install handlers, the event is returned unhooked."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    sigs = [signal.SIGINT, signal.SIGTERM]
+    previous = {s: signal.getsignal(s) for s in sigs}
+
+    def handler(signum: int, _frame: object) -> None:
+        if stop.is_set():  # the second time: the user means it
+            raise KeyboardInterrupt
+        stop.set()
+        print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step (again to abort)",
+              file=sys.stderr, flush=True)
+
+    for s in sigs:
+        signal.signal(s, handler)
+    try:
+        yield stop
+    finally:
+        for s in sigs:
+            signal.signal(s, previous[s])
+
+
 def ddp_info() -> tuple[int, int]:
     """(rank, world size); initialises the process group when started by torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -105,8 +137,10 @@ class StageRunner:
         batches: BatchFn,
         val_batches: list[tuple[Tensor, Tensor, Tensor]] | None,
         device: torch.device,
+        stop: threading.Event | None = None,
     ) -> None:
         self.model, self.sc, self.run_dir, self.batches, self.device = model, sc, run_dir, batches, device
+        self.stop = stop or threading.Event()  # set (e.g. by stop_on_signal): save and return after this step
         self.val = val_batches or []
         self.rank, self.world = ddp_info()
         self.params = trainable_params(model, sc)
@@ -218,18 +252,27 @@ class StageRunner:
         self._t_session = t_start
         losses: list[float] = []
         progress = self.progress()
+        interrupted = False
         while self.step < sc.steps:
-            progress, spent = self._shared_clock(t_start)
+            progress, spent, interrupted = self._shared_clock(t_start)
             if sc.time_schedule and progress >= 1.0:
                 log.info("time schedule complete at step %d", self.step)
                 break
-            if spent:
-                log.info("time budget spent at step %d/%d (resumable)", self.step, sc.steps)
+            if spent or interrupted:
+                log.info("%s at step %d/%d (resumable)", "stopped" if interrupted else "time budget spent",
+                         self.step, sc.steps)
                 break
             for g in self.opt.param_groups:
                 g["lr"] = self.lr_at(self.step, progress)
             t_wait = time.monotonic()
-            batch = self.batches(self.step)
+            try:
+                batch = self.batches(self.step)
+            except RuntimeError:
+                # A terminal's Ctrl-C reaches the batch workers too: once stopping, their exit is expected.
+                if not self.stop.is_set() or self.world > 1:  # under DDP every rank must stop at one step
+                    raise
+                interrupted = True
+                break
             self.data_wait_s += time.monotonic() - t_wait  # the trainer idle for want of a batch
             deg, clean, labels = (t.to(self.device, non_blocking=True) for t in batch)
             deg, clean = to_float(deg), to_float(clean)  # 8-bit batches become floats on the device
@@ -253,7 +296,8 @@ class StageRunner:
         if self.step >= sc.steps:
             progress = 1.0
         validated = any(h["step"] == self.step and ("val_psnr" in h or "val_acc" in h) for h in self.history[-2:])
-        if self.val and progress >= 1.0 and not validated:  # a time schedule ends between validations
+        # A time schedule ends between validations: validate the final weights (not when stopped early).
+        if self.val and progress >= 1.0 and not validated and not interrupted:
             self.history.append({"step": self.step, **self.validate(crop)})
             log.info("step %d validation %s", self.step, self.history[-1])
         self.wall_before, self._t_session = self.wall_s, None  # the session is over: stop the clock
@@ -261,21 +305,24 @@ class StageRunner:
         return {
             "stage": sc.stage,
             "step": self.step,
-            "done": progress >= 1.0,
+            "done": progress >= 1.0 and not interrupted,
+            "interrupted": interrupted,
             "loss": float(np.mean(losses[-50:])) if losses else None,
             "data_wait_share": self.data_wait_s / max(1e-9, time.monotonic() - t_start),
         }
 
-    def _shared_clock(self, t_start: float) -> tuple[float, bool]:
-        """(schedule progress, time budget spent) as rank 0 sees them. Under DDP every rank must take
-        the same learning rate and stop at the same step, or the replicas drift apart or wait forever."""
+    def _shared_clock(self, t_start: float) -> tuple[float, bool, bool]:
+        """(schedule progress, time budget spent, stop asked) as rank 0 sees them. Under DDP every rank
+        must take the same learning rate and stop at the same step, or the replicas drift apart or wait
+        forever."""
         progress = self.progress()
         spent = self.sc.minutes is not None and time.monotonic() - t_start > self.sc.minutes * 60
+        stop = self.stop.is_set()
         if self.world > 1:
-            shared = torch.tensor([progress, float(spent)], dtype=torch.float64, device=self.device)
+            shared = torch.tensor([progress, float(spent), float(stop)], dtype=torch.float64, device=self.device)
             dist.broadcast(shared, src=0)
-            progress, spent = float(shared[0]), bool(shared[1])
-        return progress, spent
+            progress, spent, stop = float(shared[0]), bool(shared[1]), bool(shared[2])
+        return progress, spent, stop
 
     def _report(self, losses: list[float], t_start: float) -> None:
         if self.rank != 0:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import types
 from pathlib import Path
 
@@ -286,6 +288,50 @@ def test_one_trainer_per_run_folder(tiny_config: Path, photo_folder: Path, tmp_p
         holder.wait()
     info = train(tiny_config, photo_folder, run_dir, "base", 4, "--resume")
     assert info["stage_base"]["step"] == 4
+
+
+def _signal_at_step(monkeypatch: pytest.MonkeyPatch, at: int, times: int, sig: int) -> None:
+    """Sends this process `sig` `times` times while the trainer prepares its `at`-th step of this session
+    (counted from 0), as a user's Ctrl-C or a `kill` would."""
+    real, calls = trainer.to_float, iter(range(10**6))
+
+    def to_float(t: torch.Tensor) -> torch.Tensor:
+        if next(calls) == 2 * at:  # two calls per step: degraded, clean
+            for _ in range(times):
+                os.kill(os.getpid(), sig)
+        return real(t)
+
+    monkeypatch.setattr(trainer, "to_float", to_float)
+
+
+def test_ctrl_c_saves_and_resumes_exactly(
+    tiny_config: Path, photo_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first Ctrl-C (or SIGTERM) finishes the step, saves and exits 130 with the resume command;
+    the resumed run ends with the weights of a run never stopped. A second one aborts at once."""
+    train(tiny_config, photo_folder, tmp_path / "full", "experts", 12)
+    args = ["train", "--preset", str(tiny_config), "--stage", "experts", "--data", str(photo_folder),
+            "--steps", "12", "--batch", "4", "--context", "64", "--crop", "32", "--val-every", "20"]
+    with monkeypatch.context() as m:
+        _signal_at_step(m, 5, 1, signal.SIGTERM)
+        assert main([*args, "--run-dir", str(tmp_path / "split")]) == 130
+    stopped = json.loads((tmp_path / "split" / "run.json").read_text())["stage_experts"]
+    assert stopped["interrupted"] and not stopped["done"] and stopped["step"] == 6, stopped
+    assert torch.load(tmp_path / "split" / "state-experts.pt", weights_only=True)["step"] == 6
+    shutil.copytree(tmp_path / "split", tmp_path / "abort")
+    resumed = train(tiny_config, photo_folder, tmp_path / "split", "experts", 12, "--resume")["stage_experts"]
+    assert resumed["step"] == 12 and resumed["done"] and not resumed["interrupted"]
+    a = load_file(str(tmp_path / "full" / "model.safetensors"))
+    b = load_file(str(tmp_path / "split" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # Twice: abort now (the KeyboardInterrupt is main's 130); the folder keeps its last checkpoint.
+    with monkeypatch.context() as m:
+        _signal_at_step(m, 2, 2, signal.SIGINT)
+        assert main([*args, "--run-dir", str(tmp_path / "abort"), "--resume"]) == 130
+    assert torch.load(tmp_path / "abort" / "state-experts.pt", weights_only=True)["step"] == 6
+    # and the process's own handlers are back
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_training_with_workers_equals_training_without(tiny_config: Path, photo_folder: Path, tmp_path: Path) -> None:
