@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from .. import DEFAULT_MODEL as DEFAULT_MODEL  # re-exported: core users import it from here
 from .config import ModelConfig, config_from_dict, load_config, resources_dir
@@ -82,6 +82,19 @@ def verify_sha256(path: Path, expected: str) -> None:
     _verified[key] = got
 
 
+def _write_canonical(blob: bytes, path: Path) -> None:
+    """Writes a safetensors file with its JSON header's keys sorted. safetensors writes the header in
+    hash-map order, which differs between runs, so the same tensors and metadata would hash differently:
+    sorted, a re-export of a run checkpoint reproduces the shipped sha256."""
+    n = int.from_bytes(blob[:8], "little")
+    head = json.dumps(json.loads(blob[8 : 8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)  # the data section stays 8-byte aligned, as safetensors pads it
+    with open(path, "wb") as f:
+        f.write(len(head).to_bytes(8, "little"))
+        f.write(head)
+        f.write(memoryview(blob)[8 + n :])
+
+
 def save_checkpoint(model: LoRAIR, path: Path, half: bool = False, meta: dict[str, str] | None = None) -> str:
     """Write config + weights; returns the file's sha256. `half` stores float tensors as fp16."""
     tensors = {}
@@ -93,7 +106,7 @@ def save_checkpoint(model: LoRAIR, path: Path, half: bool = False, meta: dict[st
     metadata = {"format": FORMAT, "config": model.cfg.to_json(), **(meta or {})}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
+    _write_canonical(save(tensors, metadata=metadata), tmp)
     tmp.replace(path)  # atomic: a crash never leaves a half-written checkpoint under the real name
     return sha256_file(path)
 

@@ -74,6 +74,21 @@ def test_export_round_trip(trained_run: Path, resources: Path) -> None:
         load_model("lorair-test-tiny")
 
 
+def test_export_is_reproducible_with_source_date_epoch(
+    trained_run: Path, resources: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With SOURCE_DATE_EPOCH the same run exports to byte-identical weights; a bad value is refused."""
+    weights = resources / "weights" / "lorair-test-tiny.safetensors"
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1764547200")
+    first = E.export_model(trained_run / "model.safetensors", "lorair-test-tiny")["sha256"]
+    assert read_checkpoint(weights)[2]["exported"] == "2025-12-01T00:00:00+00:00"
+    assert E.export_model(trained_run / "model.safetensors", "lorair-test-tiny")["sha256"] == first
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    with pytest.raises(ConfigError, match="SOURCE_DATE_EPOCH"):
+        E.export_model(trained_run / "model.safetensors", "lorair-test-tiny")
+    assert sha256_file(weights) == first  # the shipped file is left as it was
+
+
 def test_export_refuses_a_mismatching_preset(trained_run: Path, resources: Path) -> None:
     with pytest.raises(ConfigError, match="differs from the preset"):
         E.export_model(trained_run / "model.safetensors", "lorair-compact")
