@@ -117,7 +117,9 @@ class ThreadGovernor:
     waiting, but when another program holds a core the spinning team collapses 2-8x (measured on
     2 cores: 0.72 s/MP alone; 2.4-3.0 s/MP beside one busy loop, where one thread runs at 1.30).
     So: every `interval_s` the governor takes the busy CPU time of the whole machine minus this
-    process's own, and gives torch one thread fewer per half core that others take.
+    process's own, and gives torch one thread fewer per half core that others take. A thread count
+    set from outside meanwhile (the app's setting, `torch.set_num_threads`) is the new ceiling: the
+    governor never raises torch above what its owner last asked for.
     """
 
     def __init__(
@@ -128,10 +130,13 @@ class ThreadGovernor:
         own: Callable[[], float] = time.process_time,
         clock: Callable[[], float] = time.monotonic,
         apply: Callable[[int], None] = torch.set_num_threads,
+        current: Callable[[], int] | None = None,
     ) -> None:
         self.max_threads = max(1, max_threads or torch.get_num_threads())
         self.interval_s = interval_s
         self._busy, self._own, self._clock, self._apply = busy, own, clock, apply
+        # torch's thread count as it is now; without a real `apply`, whatever the governor last set
+        self._current = current or (torch.get_num_threads if apply is torch.set_num_threads else lambda: self.threads)
         self.threads = self.max_threads
         self._apply(self.threads)  # start at the ceiling, whatever torch was left at
         self.others = 0.0  # cores busy with other programs, last reading
@@ -142,6 +147,9 @@ class ThreadGovernor:
 
     def update(self) -> int:
         """Re-decide once `interval_s` has passed since the last reading; returns the thread count."""
+        outside = self._current()
+        if outside != self.threads:  # set by someone else since: that is the ceiling now
+            self.max_threads = self.threads = max(1, outside)
         wall = self._clock() - self._last[0]
         if wall < self.interval_s:  # called before every tile: read the machine's counters only when due
             return self.threads
@@ -160,5 +168,5 @@ class ThreadGovernor:
 @functools.cache
 def shared_governor() -> ThreadGovernor:
     """The process's one governor (torch's thread count is process-wide): its ceiling is torch's
-    thread count at the first call, so a restorer made while threads are lowered is not capped."""
+    thread count at the first call, and then whatever the process sets it to."""
     return ThreadGovernor()

@@ -47,6 +47,31 @@ def test_threads_follow_the_other_programs_load() -> None:
         assert four.update() == want, others
 
 
+def test_a_thread_count_set_from_outside_is_the_new_ceiling() -> None:
+    """The owner's torch.set_num_threads (a setting, a single-threaded reference) is never undone:
+    an idle machine does not raise torch above it, and a later raise lifts the ceiling again."""
+    m, applied, torch_threads = Machine(), [], [0]
+
+    def apply(n: int) -> None:
+        applied.append(n)
+        torch_threads[0] = n
+
+    g = ThreadGovernor(2, 0.2, lambda: m.busy, lambda: m.own, lambda: m.t, apply, lambda: torch_threads[0])
+    m.run(0.5, ours=1.2, others=1.0)
+    assert g.update() == 1 and applied == [2, 1]  # busy: one thread
+    torch_threads[0] = 1  # the owner pins one thread (here: the count the governor had set anyway)
+    m.run(0.5, ours=1, others=0)
+    assert g.update() == 2 and applied == [2, 1, 2]  # not an outside change: idle again, both threads
+    torch_threads[0] = 1  # now a real outside change
+    for _ in range(3):
+        m.run(0.5, ours=1, others=0)
+        assert g.update() == 1 and g.max_threads == 1  # idle, yet kept at the owner's one thread
+    assert applied == [2, 1, 2]
+    torch_threads[0] = 2  # the owner allows two again
+    m.run(0.5, ours=1.2, others=1.0)
+    assert g.update() == 1 and g.max_threads == 2  # governed from the new ceiling
+
+
 def test_unknown_load_keeps_every_thread() -> None:
     applied: list[int] = []
     t = iter(range(100))
