@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -72,11 +73,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--crop", type=int, default=None, help="network training crop (default: the preset's train_size)")
     p.add_argument("--context", type=int, default=None, help="crop the router sees (default 256)")
-    p.add_argument("--full", action="store_true", help="experts stage: fine-tune the base network too")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA or CPUs with AMX)")
+    p.add_argument("--full", action=argparse.BooleanOptionalAction, default=None,
+                   help="experts stage: fine-tune the base network too")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast (CUDA or CPUs with AMX)")
     p.add_argument("--run-dir", type=Path, default=None, help="where checkpoints live (default: user cache)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --run-dir, with the options it was started with (those given here win)")
+    p.add_argument("--seed", type=int, default=None, help="default 0")
     p.add_argument("--val-every", type=int, default=500)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument(
@@ -111,21 +115,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--crops-per-context",
         type=int,
-        default=1,
-        help="network crops cut from each router context crop (base/experts); more uses each synthesised "
+        default=None,
+        help="network crops cut from each router context crop (default 1) (base/experts); more uses each synthesised "
         "sample more on a GPU",
     )
     p.add_argument(
         "--mixed",
         type=float,
-        default=0.0,
+        default=None,
         metavar="FRACTION",
         help="this fraction of the training samples carries two degradations at once (e.g. blur then "
         "JPEG), which the router learns to route half to each expert; 0 (default) trains on single ones",
     )
     p.add_argument(
         "--time-schedule",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="with --minutes: the learning-rate schedule runs over the time budget (or --steps, whichever "
         "ends first), so a session on hardware of unknown speed still ends annealed",
     )
@@ -149,6 +154,55 @@ def parse_tasks(spec: str | None, experts: tuple[str, ...]) -> list[float] | Non
     if not any(weights.values()):
         raise LoraIRError("--tasks names no degradation", f"choose from {', '.join(experts)}")
     return [weights[n] for n in experts]
+
+
+#: Stage options a resumed run takes from its recorded recipe when the command line leaves them out,
+#: and their values for a new run. A stopped run so continues as it was started: the same schedule,
+#: the same trained parameters (--full), the same data mix.
+STAGE_OPTIONS: dict[str, object] = {
+    "steps": None, "batch": None, "lr": None, "crop": None, "context": None, "full": False, "bf16": False,
+    "seed": 0, "tasks": None, "crops_per_context": 1, "mixed": 0.0, "time_schedule": False,
+}
+
+
+def read_run_json(run_dir: Path) -> dict:
+    """The run folder's run.json ({} if none); a damaged one is an error, not a silent fresh start."""
+    path = run_dir / "run.json"
+    if not path.is_file():
+        return {}
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(info, dict):
+            raise ValueError("not a JSON object")
+        return info
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise LoraIRError(f"{path} is damaged: {exc}",
+                          "restore it from a backup, or train into a new --run-dir") from exc
+
+
+def stage_options(args: argparse.Namespace, stage: str, recipe: dict | None, share: float) -> argparse.Namespace:
+    """The options `stage` trains with: those given on the command line; on a resume, the recorded
+    recipe's for the rest (`restored` names them); else the defaults. `minutes` is the stage's own
+    budget (its `share` of --minutes); a resumed time schedule keeps its recorded length."""
+    o = argparse.Namespace(restored=[])
+    for name, default in STAGE_OPTIONS.items():
+        value = getattr(args, name)
+        if value is None and recipe and recipe.get(name) is not None:
+            value = None if name == "tasks" and recipe[name] == "all" else recipe[name]
+            if value is not None and value != default:
+                o.restored.append(f"--{name.replace('_', '-')} {value}" if value is not True else f"--{name}")
+        setattr(o, name, default if value is None else value)
+    o.minutes = None if args.minutes is None else args.minutes * share
+    if o.minutes is None and o.time_schedule and recipe and recipe.get("minutes"):
+        o.minutes = float(recipe["minutes"])  # the schedule's length, over all sessions of the stage
+        o.restored.append(f"--minutes {o.minutes:g}")
+    if o.crops_per_context < 1:
+        raise LoraIRError("--crops-per-context must be at least 1")
+    if o.time_schedule and o.minutes is None:
+        raise LoraIRError("--time-schedule fits the schedule to --minutes", "add --minutes N")
+    if not 0.0 <= o.mixed < 1.0:
+        raise LoraIRError(f"--mixed is a fraction of the samples, got {o.mixed}", "use e.g. --mixed 0.2")
+    return o
 
 
 def seed_run(run_dir: Path, cfg: ModelConfig, source: Path, seed: int, router_only: bool) -> None:
@@ -213,27 +267,34 @@ def run(args: argparse.Namespace) -> int:
     stages = list(STAGES) if args.stage == "all" else [args.stage]
     if args.router_from is not None and args.init_from is not None:
         raise LoraIRError("--router-from and --init-from both seed a new run", "choose one of them")
-    if args.crops_per_context < 1:
-        raise LoraIRError("--crops-per-context must be at least 1")
-    if args.time_schedule and args.minutes is None:
-        raise LoraIRError("--time-schedule fits the schedule to --minutes", "add --minutes N")
     if args.router_from is not None:
         if args.stage == "router":
             raise LoraIRError("--router-from brings a trained router", "train --stage base or experts with it")
         stages = [s for s in stages if s != "router"]
-    task_weights = parse_tasks(args.tasks, tuple(cfg.experts))
-    if not 0.0 <= args.mixed < 1.0:
-        raise LoraIRError(f"--mixed is a fraction of the samples, got {args.mixed}", "use e.g. --mixed 0.2")
-    if args.mixed and task_weights is not None and sum(w > 0 for w in task_weights) < 2:
-        raise LoraIRError("--mixed pairs two degradations, --tasks names only one", "add a task or drop --mixed")
     if run_dir.exists() and any(run_dir.glob("state-*.pt")) and not args.resume:
         raise LoraIRError(
             f"a training run already exists in {run_dir}", "add --resume to continue it, or choose another --run-dir"
         )
+    recorded = read_run_json(run_dir) if args.resume else {}
+    if args.data is None and recorded.get("data") not in (None, "photo manifest"):
+        args.data = Path(recorded["data"])  # the run's own photo folder, not the manifest
+        print(f"resuming on the run's data: --data {args.data}", file=sys.stderr)
+    options: dict[str, argparse.Namespace] = {}
+    for st in stages:  # every stage's options checked before any trains
+        resumed = (run_dir / f"state-{st}.pt").is_file()
+        o = stage_options(args, st, recorded.get("recipe", {}).get(st) if resumed else None,
+                          MINUTE_SHARE[st] if len(stages) > 1 else 1.0)
+        o.task_weights = parse_tasks(o.tasks, tuple(cfg.experts))
+        if o.mixed and o.task_weights is not None and sum(w > 0 for w in o.task_weights) < 2:
+            raise LoraIRError("--mixed pairs two degradations, --tasks names only one", "add a task or drop --mixed")
+        if o.restored:
+            print(f"resuming {st} with its recorded options: {' '.join(o.restored)}", file=sys.stderr)
+        options[st] = o
+    seed = 0 if args.seed is None else args.seed
     rank, world = ddp_info()  # under torchrun: joins the process group; rank 0 alone writes the run folder
     source = args.router_from or args.init_from
     if rank == 0 and source is not None and not (args.resume and (run_dir / "model.safetensors").is_file()):
-        seed_run(run_dir, cfg, source, args.seed, router_only=args.router_from is not None)  # checked first
+        seed_run(run_dir, cfg, source, seed, router_only=args.router_from is not None)  # checked first
     if world > 1:
         dist.barrier()  # the other ranks load the seeded model
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -255,7 +316,7 @@ def run(args: argparse.Namespace) -> int:
             val_bank = ImageBank.from_folder(args.data, "val")
         else:
             train_bank, val_bank = photo_bank("train"), photo_bank("val")
-        model = load_or_init(run_dir, cfg, args.seed).to(device)
+        model = load_or_init(run_dir, cfg, seed).to(device)
         from .evaluate import hardware_info  # lazy: only needed here, for the model card
 
         hardware = hardware_info(device)
@@ -274,35 +335,34 @@ def run(args: argparse.Namespace) -> int:
                 **({"init_from": str(args.init_from)} if args.init_from is not None else {}),
             },
         )
-        recipes = json.loads((run_dir / "run.json").read_text()).get("recipe", {}) if rank == 0 else {}
-        crop = args.crop or cfg.net.train_size
+        recipes = read_run_json(run_dir).get("recipe", {}) if rank == 0 else {}
         for st in stages:
-            d = STAGE_DEFAULTS[st]
-            context = args.context or d["context"]
-            minutes = None if args.minutes is None else args.minutes * (MINUTE_SHARE[st] if len(stages) > 1 else 1)
+            o, d = options[st], STAGE_DEFAULTS[st]
+            context = o.context or d["context"]
+            crop = o.crop or cfg.net.train_size
             sc = StageConfig(
                 stage=st,
-                steps=args.steps or d["steps"],
-                minutes=minutes,
-                batch=args.batch or d["batch"],
-                lr=args.lr or d["lr"],
-                full=args.full,
-                bf16=args.bf16,
-                seed=args.seed,
+                steps=o.steps or d["steps"],
+                minutes=o.minutes,
+                batch=o.batch or d["batch"],
+                lr=o.lr or d["lr"],
+                full=o.full,
+                bf16=o.bf16,
+                seed=o.seed,
                 val_every=args.val_every,
-                time_schedule=args.time_schedule,
-                crops_per_context=args.crops_per_context,
+                time_schedule=o.time_schedule,
+                crops_per_context=o.crops_per_context,
             )
             ds = RestorationDataset(
                 train_bank,
                 cfg.experts,
                 crop_size=context,
                 length=10**9,
-                seed=args.seed + 17 * STAGES.index(st),
-                weights=task_weights,
-                mixed=args.mixed,
+                seed=o.seed + 17 * STAGES.index(st),
+                weights=o.task_weights,
+                mixed=o.mixed,
             )
-            val = _val_batches(val_bank, cfg.experts, context, task_weights)
+            val = _val_batches(val_bank, cfg.experts, context, o.task_weights)
             # Across processes the batches travel as 8 bits: a quarter of the bytes, the same values.
             batches = StepBatches(ds, sc.batch, sc.steps, as_uint8=workers > 0, rank=rank, world=world)
             stream = BatchStream(batches, workers, pin_memory=device.type == "cuda")
@@ -313,7 +373,7 @@ def run(args: argparse.Namespace) -> int:
                 continue
             # Per stage, hardware included: a run may move between machines.
             recipe = {**stage_config_dict(sc), "context": context, "crop": None if st == "router" else crop,
-                      "tasks": args.tasks or "all", "mixed": args.mixed, "hardware": hardware}
+                      "tasks": o.tasks or "all", "mixed": o.mixed, "hardware": hardware}
             recipes = {**recipes, st: recipe}
             info({"recipe": recipes})
             t0 = time.monotonic()
@@ -331,7 +391,7 @@ def run(args: argparse.Namespace) -> int:
             )
             if not result["done"]:
                 why = "stopped on request, checkpoint saved" if result["interrupted"] else "stopped by the time budget"
-                say(f"{why}; continue with: lorair train --preset {args.preset} --stage {st} "
+                say(f"{why}; continue with: lorair train --preset {args.preset} --stage {args.stage} "
                     f"--resume --run-dir {run_dir}")
                 return 130 if result["interrupted"] else 0
         say(f"run folder: {run_dir} (model.safetensors)")

@@ -34,6 +34,7 @@ from ..core.checkpoint import load_checkpoint, save_checkpoint
 from ..core.config import ModelConfig
 from ..core.model import LoRAIR
 from ..core.routing import topk_softmax
+from ..errors import LoraIRError
 from .dataset import to_float
 
 log = logging.getLogger(__name__)
@@ -212,8 +213,15 @@ class StageRunner:
         if not self.state_path.is_file():
             return False
         state = torch.load(self.state_path, map_location=self.device, weights_only=True)
+        try:
+            self.opt.load_state_dict(state["opt"])
+        except ValueError as exc:  # e.g. resumed without --full after a --full session
+            raise LoraIRError(
+                f"the {self.sc.stage} stage in {self.run_dir} was trained on another set of parameters ({exc})",
+                "resume with the options it was started with (left out, they are taken from run.json): "
+                "--full or --no-full as before",
+            ) from exc
         self.step = int(state["step"])
-        self.opt.load_state_dict(state["opt"])
         self.history = json.loads(state["history"])
         self.wall_before = float(state.get("wall_s", 0.0))
         log.info("resumed %s at step %d", self.sc.stage, self.step)

@@ -3,6 +3,7 @@ and the router learns an easy case."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -305,25 +306,40 @@ def _signal_at_step(monkeypatch: pytest.MonkeyPatch, at: int, times: int, sig: i
 
 
 def test_ctrl_c_saves_and_resumes_exactly(
-    tiny_config: Path, photo_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_config: Path,
+    photo_folder: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """The first Ctrl-C (or SIGTERM) finishes the step, saves and exits 130 with the resume command;
-    the resumed run ends with the weights of a run never stopped. A second one aborts at once."""
-    train(tiny_config, photo_folder, tmp_path / "full", "experts", 12)
+    """The first SIGTERM (or Ctrl-C) finishes the step, saves and exits 130 with the resume command.
+    That command, which names none of the run's options, continues with the recorded ones (data,
+    --full, tasks, lr, crops...) to the weights of a run never stopped. A second signal aborts at once."""
+    opts = ["--full", "--tasks", "noise=2,haze", "--lr", "3e-4", "--crops-per-context", "2", "--seed", "5"]
+    train(tiny_config, photo_folder, tmp_path / "full", "experts", 12, *opts)
     args = ["train", "--preset", str(tiny_config), "--stage", "experts", "--data", str(photo_folder),
-            "--steps", "12", "--batch", "4", "--context", "64", "--crop", "32", "--val-every", "20"]
+            "--steps", "12", "--batch", "4", "--context", "64", "--crop", "32", "--val-every", "20", *opts]
     with monkeypatch.context() as m:
         _signal_at_step(m, 5, 1, signal.SIGTERM)
         assert main([*args, "--run-dir", str(tmp_path / "split")]) == 130
     stopped = json.loads((tmp_path / "split" / "run.json").read_text())["stage_experts"]
     assert stopped["interrupted"] and not stopped["done"] and stopped["step"] == 6, stopped
     assert torch.load(tmp_path / "split" / "state-experts.pt", weights_only=True)["step"] == 6
+    hint = capsys.readouterr().out.strip().splitlines()[-1]
+    assert hint.endswith(f"--stage experts --resume --run-dir {tmp_path / 'split'}"), hint
     shutil.copytree(tmp_path / "split", tmp_path / "abort")
-    resumed = train(tiny_config, photo_folder, tmp_path / "split", "experts", 12, "--resume")["stage_experts"]
+    resume = hint[hint.index("lorair train ") + len("lorair train "):].split()
+    assert main(["train", *resume]) == 0
+    restored = capsys.readouterr().err
+    assert f"--data {photo_folder}" in restored and "--full" in restored and "--tasks noise=2,haze" in restored
+    resumed = json.loads((tmp_path / "split" / "run.json").read_text())["stage_experts"]
     assert resumed["step"] == 12 and resumed["done"] and not resumed["interrupted"]
     a = load_file(str(tmp_path / "full" / "model.safetensors"))
     b = load_file(str(tmp_path / "split" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # An option given again wins over the recorded one; one the saved state cannot take is refused.
+    assert main(["train", *resume, "--no-full"]) == 2
+    assert "another set of parameters" in capsys.readouterr().err
     # Twice: abort now (the KeyboardInterrupt is main's 130); the folder keeps its last checkpoint.
     with monkeypatch.context() as m:
         _signal_at_step(m, 2, 2, signal.SIGINT)
@@ -332,6 +348,31 @@ def test_ctrl_c_saves_and_resumes_exactly(
     # and the process's own handlers are back
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_resume_options_come_from_the_recipe(tmp_path: Path) -> None:
+    """Given options win; left out, a resumed stage takes its recorded ones, a new stage the defaults;
+    a resumed time schedule keeps its length; a damaged run.json is refused."""
+    from lorair_desktop.errors import LoraIRError
+    from lorair_desktop.training.train_cli import add_arguments, read_run_json, stage_options
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    recipe = {"steps": 900, "lr": 2e-4, "full": True, "bf16": True, "tasks": "all", "time_schedule": True,
+              "minutes": 45.5, "mixed": 0.2, "crops_per_context": 2, "seed": 3, "batch": 8}
+    o = stage_options(parser.parse_args(["--lr", "1e-4", "--no-bf16"]), "experts", recipe, 1.0)
+    assert (o.lr, o.bf16, o.full, o.steps, o.tasks, o.mixed, o.crops_per_context, o.seed) == (
+        1e-4, False, True, 900, None, 0.2, 2, 3)
+    assert o.time_schedule and o.minutes == 45.5 and "--minutes 45.5" in o.restored and "--full" in o.restored
+    fresh = stage_options(parser.parse_args([]), "experts", None, 1.0)
+    assert (fresh.full, fresh.bf16, fresh.seed, fresh.mixed, fresh.crops_per_context, fresh.restored) == (
+        False, False, 0, 0.0, 1, [])
+    assert stage_options(parser.parse_args(["--minutes", "10"]), "base", recipe, 0.5).minutes == 5.0
+    with pytest.raises(LoraIRError, match="--minutes"):
+        stage_options(parser.parse_args(["--time-schedule"]), "base", None, 1.0)
+    (tmp_path / "run.json").write_text("{truncated")
+    with pytest.raises(LoraIRError, match="damaged"):
+        read_run_json(tmp_path)
 
 
 def test_training_with_workers_equals_training_without(tiny_config: Path, photo_folder: Path, tmp_path: Path) -> None:
