@@ -383,10 +383,13 @@ def load_or_init(run_dir: Path, cfg: ModelConfig, seed: int) -> LoRAIR:
 
 
 def write_run_info(run_dir: Path, info: dict) -> None:
+    """Merges `info` into run.json, atomically: a kill mid-write leaves the previous file, not half of one."""
     p = run_dir / "run.json"
     data = json.loads(p.read_text()) if p.is_file() else {}
     data.update(info)
-    p.write_text(json.dumps(data, indent=2, default=str))
+    tmp = p.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(p)
 
 
 def stage_config_dict(sc: StageConfig) -> dict:
