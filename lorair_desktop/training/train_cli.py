@@ -116,8 +116,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--crops-per-context",
         type=int,
         default=None,
-        help="network crops cut from each router context crop (default 1) (base/experts); more uses each synthesised "
-        "sample more on a GPU",
+        help="network crops cut from each router context crop (base/experts; default 1); more uses each "
+        "synthesised sample more on a GPU",
     )
     p.add_argument(
         "--mixed",
