@@ -303,12 +303,13 @@ def write_model_card(
     """Write a Markdown model card to ``dest`` from ``run_dir/run.json``, an ``eval.json`` (or its
     folder, or the dict) and optionally the exported manifest entry ``weights``."""
     from .evaluate import to_markdown
+    from .trainer import read_run_info
 
     run_dir = Path(run_dir)
     rpath = run_dir / "run.json"
     if not rpath.is_file():
         raise LoraIRError(f"{rpath} does not exist", "pass the folder of a `lorair train` run")
-    run = json.loads(rpath.read_text(encoding="utf-8"))
+    run = read_run_info(run_dir)
     cfg = run.get("config", {})
     net, lora, router = cfg.get("net", {}), cfg.get("lora", {}), cfg.get("router", {})
     name = (weights or {}).get("config") or cfg.get("name") or run.get("preset", "model")

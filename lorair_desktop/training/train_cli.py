@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import sys
@@ -38,6 +37,7 @@ from .trainer import (
     StageRunner,
     ddp_info,
     load_or_init,
+    read_run_info,
     stage_config_dict,
     stop_on_signal,
     write_run_info,
@@ -156,28 +156,13 @@ def parse_tasks(spec: str | None, experts: tuple[str, ...]) -> list[float] | Non
     return [weights[n] for n in experts]
 
 
-#: Stage options a resumed run takes from its recorded recipe when the command line leaves them out,
-#: and their values for a new run. A stopped run so continues as it was started: the same schedule,
-#: the same trained parameters (--full), the same data mix.
-STAGE_OPTIONS: dict[str, object] = {
-    "steps": None, "batch": None, "lr": None, "crop": None, "context": None, "full": False, "bf16": False,
-    "seed": 0, "tasks": None, "crops_per_context": 1, "mixed": 0.0, "time_schedule": False,
+#: New-run values of the options a resume restores from the stage's recorded recipe when the command
+#: line leaves them out (steps, batch, lr and context come from STAGE_DEFAULTS). A stopped run so
+#: continues as it was started: the same schedule, the same trained parameters (--full), the same data mix.
+OPTION_DEFAULTS: dict[str, object] = {
+    "crop": None, "full": False, "bf16": False, "seed": 0, "tasks": None, "crops_per_context": 1, "mixed": 0.0,
+    "time_schedule": False,
 }
-
-
-def read_run_json(run_dir: Path) -> dict:
-    """The run folder's run.json ({} if none); a damaged one is an error, not a silent fresh start."""
-    path = run_dir / "run.json"
-    if not path.is_file():
-        return {}
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(info, dict):
-            raise ValueError("not a JSON object")
-        return info
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise LoraIRError(f"{path} is damaged: {exc}",
-                          "restore it from a backup, or train into a new --run-dir") from exc
 
 
 def stage_options(args: argparse.Namespace, stage: str, recipe: dict | None, share: float) -> argparse.Namespace:
@@ -185,7 +170,7 @@ def stage_options(args: argparse.Namespace, stage: str, recipe: dict | None, sha
     recipe's for the rest (`restored` names them); else the defaults. `minutes` is the stage's own
     budget (its `share` of --minutes); a resumed time schedule keeps its recorded length."""
     o = argparse.Namespace(restored=[])
-    for name, default in STAGE_OPTIONS.items():
+    for name, default in {**OPTION_DEFAULTS, **STAGE_DEFAULTS[stage]}.items():
         value = getattr(args, name)
         if value is None and recipe and recipe.get(name) is not None:
             value = None if name == "tasks" and recipe[name] == "all" else recipe[name]
@@ -275,13 +260,13 @@ def run(args: argparse.Namespace) -> int:
         raise LoraIRError(
             f"a training run already exists in {run_dir}", "add --resume to continue it, or choose another --run-dir"
         )
-    recorded = read_run_json(run_dir) if args.resume else {}
-    if args.data is None and recorded.get("data") not in (None, "photo manifest"):
+    recorded = read_run_info(run_dir)  # read once: its recipes are restored (on --resume) and kept
+    if args.resume and args.data is None and recorded.get("data") not in (None, "photo manifest"):
         args.data = Path(recorded["data"])  # the run's own photo folder, not the manifest
         print(f"resuming on the run's data: --data {args.data}", file=sys.stderr)
     options: dict[str, argparse.Namespace] = {}
     for st in stages:  # every stage's options checked before any trains
-        resumed = (run_dir / f"state-{st}.pt").is_file()
+        resumed = args.resume and (run_dir / f"state-{st}.pt").is_file()
         o = stage_options(args, st, recorded.get("recipe", {}).get(st) if resumed else None,
                           MINUTE_SHARE[st] if len(stages) > 1 else 1.0)
         o.task_weights = parse_tasks(o.tasks, tuple(cfg.experts))
@@ -335,17 +320,17 @@ def run(args: argparse.Namespace) -> int:
                 **({"init_from": str(args.init_from)} if args.init_from is not None else {}),
             },
         )
-        recipes = read_run_json(run_dir).get("recipe", {}) if rank == 0 else {}
+        recipes = recorded.get("recipe", {})
         for st in stages:
-            o, d = options[st], STAGE_DEFAULTS[st]
-            context = o.context or d["context"]
+            o = options[st]
+            context = o.context
             crop = o.crop or cfg.net.train_size
             sc = StageConfig(
                 stage=st,
-                steps=o.steps or d["steps"],
+                steps=o.steps,
                 minutes=o.minutes,
-                batch=o.batch or d["batch"],
-                lr=o.lr or d["lr"],
+                batch=o.batch,
+                lr=o.lr,
                 full=o.full,
                 bf16=o.bf16,
                 seed=o.seed,

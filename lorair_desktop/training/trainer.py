@@ -382,10 +382,25 @@ def load_or_init(run_dir: Path, cfg: ModelConfig, seed: int) -> LoRAIR:
     return LoRAIR(cfg)
 
 
+def read_run_info(run_dir: Path) -> dict:
+    """The run folder's run.json ({} if none); a damaged one is an error, not a silent fresh start."""
+    path = run_dir / "run.json"
+    if not path.is_file():
+        return {}
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(info, dict):
+            raise ValueError("not a JSON object")
+        return info
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise LoraIRError(f"{path} is damaged: {exc}",
+                          "restore it from a backup, or train into a new --run-dir") from exc
+
+
 def write_run_info(run_dir: Path, info: dict) -> None:
     """Merges `info` into run.json, atomically: a kill mid-write leaves the previous file, not half of one."""
     p = run_dir / "run.json"
-    data = json.loads(p.read_text()) if p.is_file() else {}
+    data = read_run_info(run_dir)
     data.update(info)
     tmp = p.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str))

@@ -354,7 +354,7 @@ def test_resume_options_come_from_the_recipe(tmp_path: Path) -> None:
     """Given options win; left out, a resumed stage takes its recorded ones, a new stage the defaults;
     a resumed time schedule keeps its length; a damaged run.json is refused."""
     from lorair_desktop.errors import LoraIRError
-    from lorair_desktop.training.train_cli import add_arguments, read_run_json, stage_options
+    from lorair_desktop.training.train_cli import add_arguments, stage_options
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -372,7 +372,7 @@ def test_resume_options_come_from_the_recipe(tmp_path: Path) -> None:
         stage_options(parser.parse_args(["--time-schedule"]), "base", None, 1.0)
     (tmp_path / "run.json").write_text("{truncated")
     with pytest.raises(LoraIRError, match="damaged"):
-        read_run_json(tmp_path)
+        trainer.read_run_info(tmp_path)
 
 
 def test_training_with_workers_equals_training_without(tiny_config: Path, photo_folder: Path, tmp_path: Path) -> None:
