@@ -28,10 +28,20 @@ from .tiling import balanced_length, plan_tiles, tile_profiles
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
 
-CPU_TILE = 384  # fastest on CPU: this network is memory-bound, so cache-sized tiles win
+# CPU tiles: the network is memory-bound, so its finest level with NAFBlocks should work in the
+# caches, yet every tile also pays fixed per-op costs, overlap and tiny coarse levels. Interleaved,
+# bf16, 2-core EPYC (s/MP): with full-resolution blocks 384: 0.86, 512: 0.75-0.77, 768: 0.75,
+# 1024: 0.77; without them (finest blocks at 1/2) 384: 0.56, 512: 0.49-0.50, 768: 0.44, 1024: 0.41.
+CPU_TILE = 512  # side at which the full-resolution level is cheapest; doubles per level without blocks
+CPU_TILE_MAX = 1024
+CPU_TILE_MIN = 384
+# What a CPU restore may allocate (tile activations, blended rows, the image buffers twice): with
+# torch (~0.5 GB) and the model, a 24 MP photo then peaks under 1 GB (`lorair bench`).
+CPU_BUDGET_MB = 448
 # Tiled vs whole-image on a real 1 MP photo (shipped model, noise σ25): 68 dB apart at 16 px of
 # overlap, 75 dB at 48 px, identical PSNR to the clean photo. 16 px recomputes 9 % instead of 31 %.
 DEFAULT_OVERLAP = 16
+_OUT_ROWS = 64  # output rows converted at a time
 
 
 @dataclass
@@ -132,7 +142,7 @@ class Restorer:
             self.model.net.to(memory_format=torch.channels_last)
         nc = self.model.cfg.net  # on a CPU, "auto" is bf16 only where it runs this network faster
         self.dtype = inference_dtype(self.device, precision, lambda: fastest_cpu_dtype(
-            self.model.net, nc.prior_dim, nc.width, self.channels_last))
+            self.model.net, nc.prior_dim, nc.layout, self.channels_last))
         self._lock = threading.Lock()
 
     @property
@@ -166,15 +176,28 @@ class Restorer:
         weights = self.model.router_weights(out.logits)[0]
         return Analysis(self.experts, weights.cpu().tolist(), out.logits[0].cpu().tolist(), out.prior)
 
-    def auto_tile(self, height: int, width: int) -> int:
-        """Tile side: cache-sized on CPU; from the memory budget on accelerators."""
+    def auto_tile(self, height: int, width: int, buffers: int = 0) -> int:
+        """Tile side. On a CPU: the fastest side for this network, shrunk until one tile and its band
+        of blended rows fit CPU_BUDGET_MB beside the image's own `buffers` (input + output bytes).
+        On accelerators (or with a memory budget given): the largest tile the budget holds."""
         m = self.model.cfg.pad_multiple
+        nc = self.model.cfg.net
+        bytes_per_value = torch.finfo(self.dtype).bits // 8
         if self.device.type == "cpu" and self.memory_budget_mb is None:
-            tile = CPU_TILE
+            tile = min(CPU_TILE_MAX, CPU_TILE << nc.finest_block_level)
+            # Measured forward peaks: 330-390 B/px in bf16, 530-710 in fp32, i.e. ~12 live tensors of
+            # `width` channels. The buffers count twice: over many tiles the allocator's kept free
+            # blocks grow by about their size (24 MP photo: 75-240 MB above the one-tile peak).
+            per_px = 12 * nc.width * bytes_per_value
+            budget = CPU_BUDGET_MB * 2**20 - 2 * buffers
+            # Float photos of many megapixels exceed the budget by their buffers alone: the floor then
+            # keeps the tiles efficient (a 384² tile adds ~60 MB to buffers of over a gigabyte).
+            while tile > CPU_TILE_MIN and tile * tile * per_px + tile * width * 3 * 4 > budget:
+                tile -= m
         else:
             budget = (self.memory_budget_mb or self._free_memory_mb()) * 2**20
             # Peak activation bytes per pixel of a NAFNet: ~ 12 live tensors of 2*width channels.
-            per_px = 12 * 2 * self.model.cfg.net.width * torch.finfo(self.dtype).bits // 8
+            per_px = 12 * 2 * nc.width * bytes_per_value
             tile = int(math.sqrt(budget / per_px))
         tile = max(4 * m, tile // m * m)
         return tile
@@ -213,7 +236,8 @@ class Restorer:
             else:
                 self.model.set_reference_mix(weights)
             try:
-                tile_size = tile or self.auto_tile(h, w)
+                buffers = img.nbytes + h * w * 3 * np.dtype(out_dtype or np.float32).itemsize
+                tile_size = tile or self.auto_tile(h, w, buffers)
                 out, n, used = self._run_tiles(img, analysis.prior, tile_size, overlap, progress, cancel,
                                                np.dtype(out_dtype or np.float32))
             finally:
@@ -254,12 +278,14 @@ class Restorer:
         for t in tiles:
             bands.setdefault(t.y0, []).append(t)
         out = np.empty((h0, w0, 3), out_dtype)
-        acc = np.zeros((0, w0, 3), np.float32)  # rows still awaiting the next band: at most one tile tall
-        wy_sum = np.zeros(0, np.float32)
-        acc_y0 = 0
+        # Rows of the previous band that the next one covers too (its weighted sum and weights): the
+        # only rows kept between bands, so besides the output only one band and a seam live at once.
+        carry, carry_w = np.zeros((0, w0, 3), np.float32), np.zeros(0, np.float32)
+        starts = sorted(bands)
         dtype = self.dtype
         done = 0
-        for y0, row in sorted(bands.items()):
+        for i, y0 in enumerate(starts):
+            row = bands[y0]
             th = row[0].h
             band = np.zeros((th, wp, 3), np.float32)
             wx_sum = np.zeros(wp, np.float32)
@@ -280,20 +306,19 @@ class Restorer:
                 done += 1
                 if progress is not None:
                     progress(done, len(tiles))
-            band /= np.maximum(wx_sum, 1e-8)[None, :, None]
-            wy = tile_profiles(row[0], hp, wp, ov)[0]
-            # Rows above this band are final: no later band reaches them.
-            k = y0 - acc_y0
-            if k > 0:
-                out[acc_y0:y0] = from_float(acc[:k] / np.maximum(wy_sum[:k], 1e-8)[:, None, None], out_dtype)
-                acc, wy_sum, acc_y0 = acc[k:], wy_sum[k:], y0
-            rows = min(th, h0 - y0)
-            if rows > acc.shape[0]:
-                grow = rows - acc.shape[0]
-                acc = np.concatenate([acc, np.zeros((grow, w0, 3), np.float32)])
-                wy_sum = np.concatenate([wy_sum, np.zeros(grow, np.float32)])
-            acc[:rows] += band[:rows, :w0] * wy[:rows, None, None]
-            wy_sum[:rows] += wy[:rows]
-        out[acc_y0:] = from_float(acc / np.maximum(wy_sum, 1e-8)[:, None, None], out_dtype)
+            rows = min(th, h0 - y0)  # the bottom padding is dropped
+            band = band[:rows, :w0]
+            band /= np.maximum(wx_sum[:w0], 1e-8)[None, :, None]
+            wy = tile_profiles(row[0], hp, wp, ov)[0][:rows].copy()
+            band *= wy[:, None, None]
+            n = carry.shape[0]
+            band[:n] += carry
+            wy[:n] += carry_w
+            # Rows above the next band are final: no later band reaches them.
+            final = min(starts[i + 1] - y0, rows) if i + 1 < len(starts) else rows
+            for r in range(0, final, _OUT_ROWS):  # converted in slices: no full-band temporaries
+                r1 = min(r + _OUT_ROWS, final)
+                out[y0 + r : y0 + r1] = from_float(band[r:r1] / np.maximum(wy[r:r1], 1e-8)[:, None, None], out_dtype)
+            carry, carry_w = band[final:].copy(), wy[final:]
         return out, len(tiles), dtype
 

@@ -5,7 +5,7 @@ on the chip: a 1 MP restore took 0.80x the fp32 time on a 2-core AVX-512-BF16 AM
 0.8-1.5x on an AMX Xeon. So ``precision="auto"`` on a CPU with bf16 instructions times both on one
 tile of the real network, interleaved (a neighbour's load then hits both alike), and takes bf16 only
 when it is clearly faster. The verdict is kept per CPU, torch version, thread count and network
-width in the user cache; ``LORAIR_CPU_PRECISION=fp32|bf16`` decides without measuring.
+shape (`NetConfig.layout`) in the user cache; ``LORAIR_CPU_PRECISION=fp32|bf16`` decides without measuring.
 """
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ def cache_file() -> Path:
     return Path(platformdirs.user_cache_dir("lorair-desktop")) / "cpu-precision.json"
 
 
-def machine_key(width: int) -> str:
-    """What the verdict depends on: the chip, its bf16 instructions, torch, threads, network width."""
+def machine_key(layout: str) -> str:
+    """What the verdict depends on: the chip, its bf16 instructions, torch, threads, network shape."""
     name, flags = cpu_info()
     wide = ",".join(sorted({"amx_bf16", "avx512_bf16", "avx512f"} & flags))
-    return f"{name} [{wide}] torch {torch.__version__} threads {torch.get_num_threads()} width {width}"
+    return f"{name} [{wide}] torch {torch.__version__} threads {torch.get_num_threads()} {layout}"
 
 
 @torch.inference_mode()
@@ -94,7 +94,7 @@ def _write(path: Path, data: dict) -> None:
 def fastest_cpu_dtype(
     net: nn.Module,
     prior_dim: int,
-    width: int,
+    layout: str,
     channels_last: bool = True,
     measure: Callable[[nn.Module, int, bool], Timings] = time_precisions,
     path: Path | None = None,
@@ -109,7 +109,7 @@ def fastest_cpu_dtype(
     if not bf16_fast(torch.device("cpu")):
         return torch.float32
     path = path or cache_file()
-    key = machine_key(width)
+    key = machine_key(layout)
     cache = _read(path)
     entry = cache.get(key)
     if not (isinstance(entry, dict) and entry.get("precision") in _DTYPES):

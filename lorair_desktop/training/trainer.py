@@ -76,15 +76,18 @@ def psnr(pred: Tensor, target: Tensor) -> Tensor:
 
 @contextmanager
 def stop_on_signal() -> Iterator[threading.Event]:
-    """An event the first Ctrl-C (SIGINT) or SIGTERM sets instead of killing the trainer: the runner
-    then finishes its step, saves a checkpoint and returns, so a stopped run loses nothing and resumes
-    exactly. A second signal aborts at once (the last checkpoint stays). Off the main thread, where
-    Python cannot install handlers, the event is returned unhooked."""
+    """An event the first Ctrl-C (SIGINT), SIGTERM or hang-up (SIGHUP: the terminal closed; SIGBREAK
+    on Windows) sets instead of killing the trainer: the runner then finishes its step, saves a
+    checkpoint and returns, so a stopped run loses nothing and resumes exactly. A second signal aborts
+    at once (the last checkpoint stays). A signal the trainer was started ignoring (`nohup` ignores
+    SIGHUP) stays ignored. Off the main thread, where Python cannot install handlers, the event is
+    returned unhooked."""
     stop = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
-    sigs = [signal.SIGINT, signal.SIGTERM]
+    found = (getattr(signal, n, None) for n in ("SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK"))
+    sigs = [s for s in found if s is not None and signal.getsignal(s) != signal.SIG_IGN]
     previous = {s: signal.getsignal(s) for s in sigs}
 
     def handler(signum: int, _frame: object) -> None:

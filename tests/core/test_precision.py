@@ -30,8 +30,11 @@ def measured(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(P, "bf16_fast", lambda device=None: True)  # decide as on a CPU with bf16 instructions
 
 
-def _choose(small_model, path: Path, measure: Measure, width: int = 16) -> torch.dtype:
-    return P.fastest_cpu_dtype(small_model.net, small_model.cfg.net.prior_dim, width, measure=measure, path=path)
+LAYOUT = "width 16 enc 1-1-1-2 middle 2 dec 1-1-1-1"
+
+
+def _choose(small_model, path: Path, measure: Measure, layout: str = LAYOUT) -> torch.dtype:
+    return P.fastest_cpu_dtype(small_model.net, small_model.cfg.net.prior_dim, layout, measure=measure, path=path)
 
 
 @pytest.mark.usefixtures("measured")
@@ -41,20 +44,22 @@ def test_bf16_only_when_clearly_faster_and_measured_once(small_model, tmp_path: 
     assert _choose(small_model, tmp_path / "b.json", slow) == torch.float32  # within the margin: keep fp32
     assert _choose(small_model, tmp_path / "a.json", slow) == torch.bfloat16  # the kept verdict
     assert fast.calls == 1 and slow.calls == 1
-    entry = json.loads((tmp_path / "a.json").read_text())[P.machine_key(16)]
+    entry = json.loads((tmp_path / "a.json").read_text())[P.machine_key(LAYOUT)]
     assert entry["precision"] == "bf16" and entry["fp32_s"] == 1.0 and entry["bf16_s"] == 0.8
-    assert _choose(small_model, tmp_path / "a.json", slow, width=32) == torch.float32  # another network
-    assert slow.calls == 2 and len(json.loads((tmp_path / "a.json").read_text())) == 2
+    # another network: a wider one, or the same width without full-resolution blocks
+    assert _choose(small_model, tmp_path / "a.json", slow, LAYOUT.replace("16", "32")) == torch.float32
+    assert _choose(small_model, tmp_path / "a.json", slow, LAYOUT.replace("enc 1-1", "enc 0-1")) == torch.float32
+    assert slow.calls == 3 and len(json.loads((tmp_path / "a.json").read_text())) == 3
 
 
 @pytest.mark.usefixtures("measured")
 def test_damaged_verdict_file_is_measured_again(small_model, tmp_path: Path) -> None:
     path = tmp_path / "cpu-precision.json"
-    for junk in ("{not json", "[1, 2]", json.dumps({P.machine_key(16): {"precision": "fp8"}})):
+    for junk in ("{not json", "[1, 2]", json.dumps({P.machine_key(LAYOUT): {"precision": "fp8"}})):
         path.write_text(junk)
         m = Measure(1.0, 0.5)
         assert _choose(small_model, path, m) == torch.bfloat16 and m.calls == 1
-        assert json.loads(path.read_text())[P.machine_key(16)]["precision"] == "bf16"
+        assert json.loads(path.read_text())[P.machine_key(LAYOUT)]["precision"] == "bf16"
 
 
 def test_environment_and_hardware_decide_without_measuring(
@@ -77,6 +82,6 @@ def test_restorer_auto_measures_the_real_network(small_model, tmp_path: Path, mo
     assert set(t) == {"fp32", "bf16"} and all(v > 0 for v in t.values())
     monkeypatch.setattr(P, "cache_file", lambda: tmp_path / "verdict.json")
     r = Restorer(small_model, device="cpu")  # auto
-    entry = json.loads((tmp_path / "verdict.json").read_text())[P.machine_key(small_model.cfg.net.width)]
+    entry = json.loads((tmp_path / "verdict.json").read_text())[P.machine_key(small_model.cfg.net.layout)]
     assert r.dtype == {"fp32": torch.float32, "bf16": torch.bfloat16}[entry["precision"]]
     assert Restorer(small_model, device="cpu", precision="fp32").dtype == torch.float32  # asked: no say

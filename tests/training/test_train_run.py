@@ -350,6 +350,24 @@ def test_ctrl_c_saves_and_resumes_exactly(
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no hang-up signal on this platform")
+def test_a_hang_up_saves_like_ctrl_c_unless_started_under_nohup() -> None:
+    """A closed terminal (SIGHUP) stops the run cleanly; `nohup lorair train` keeps ignoring it."""
+    before = signal.getsignal(signal.SIGHUP)
+    with trainer.stop_on_signal() as stop:
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert stop.wait(2.0)
+    assert signal.getsignal(signal.SIGHUP) == before
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with trainer.stop_on_signal() as stop:
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGHUP)
+            assert not stop.wait(0.2)
+    finally:
+        signal.signal(signal.SIGHUP, before)
+
+
 def test_resume_options_come_from_the_recipe(tmp_path: Path) -> None:
     """Given options win; left out, a resumed stage takes its recorded ones, a new stage the defaults;
     a resumed time schedule keeps its length; a damaged run.json is refused."""
