@@ -105,6 +105,7 @@ def bench_variants(model, device: str, sizes: list[float], repeats: int) -> list
 
     from .core import Restorer
     from .core.cpu import bf16_fast
+    from .core.inference import CPU_TILE_MIN
 
     rows = []
     for mp in sizes:
@@ -114,6 +115,7 @@ def bench_variants(model, device: str, sizes: list[float], repeats: int) -> list
             ("default (auto tile and precision, channels_last, merged)", {}, {}, 0),
             ("fp32", {"precision": "fp32"}, {}, 0),
             ("whole image (no tiling)", {}, {"tile": 1 << 16}, 0),
+            (f"small tiles ({CPU_TILE_MIN} px, the CPU floor)", {}, {"tile": CPU_TILE_MIN}, 0),
             ("channels_last off", {"channels_last": False}, {}, 0),
             ("unmerged experts (reference path)", {}, {"merged": False}, 0),
         ]

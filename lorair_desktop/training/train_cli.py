@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
@@ -16,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from ..core.checkpoint import load_checkpoint, save_checkpoint
-from ..core.config import ModelConfig, load_config
+from ..core.config import ModelConfig, NetConfig, load_config
 from ..core.device import select_device
 from ..core.lora import lora_layers
 from ..core.model import LoRAIR
@@ -190,8 +191,19 @@ def stage_options(args: argparse.Namespace, stage: str, recipe: dict | None, sha
     return o
 
 
+def fewer_blocks(src: NetConfig, dst: NetConfig) -> bool:
+    """dst is src with some NAFBlocks left out (per level, the last ones): same widths and levels."""
+    if dataclasses.replace(src, enc_blocks=dst.enc_blocks, middle_blocks=dst.middle_blocks,
+                           dec_blocks=dst.dec_blocks) != dst or src == dst:
+        return False
+    pairs = [*zip(dst.enc_blocks, src.enc_blocks, strict=True), *zip(dst.dec_blocks, src.dec_blocks, strict=True),
+             (dst.middle_blocks, src.middle_blocks)]
+    return all(d <= s for d, s in pairs)
+
+
 def seed_run(run_dir: Path, cfg: ModelConfig, source: Path, seed: int, router_only: bool) -> None:
-    """A new run started from ``source``: its router alone (the rest fresh), or all its weights."""
+    """A new run started from ``source``: its router alone (the rest fresh), or all its weights; a
+    network with fewer NAFBlocks keeps the rest of the source's weights (a faster network to tune)."""
     flag = "--router-from" if router_only else "--init-from"
     if (run_dir / "model.safetensors").exists():
         raise LoraIRError(f"{flag} starts a new run, but {run_dir} already holds one",
@@ -200,12 +212,14 @@ def seed_run(run_dir: Path, cfg: ModelConfig, source: Path, seed: int, router_on
     same = src.cfg.router == cfg.router and tuple(src.experts) == tuple(cfg.experts)
     # a preset of higher LoRA rank may start from a trained lower-rank model: same outputs, more room
     grow = src.cfg.lora.rank < cfg.lora.rank and src.cfg.lora.top_k == cfg.lora.top_k
+    shrink = src.cfg.lora == cfg.lora and fewer_blocks(src.cfg.net, cfg.net)
     if not router_only:
-        same = same and src.cfg.net == cfg.net and (src.cfg.lora == cfg.lora or grow)
+        same = same and ((src.cfg.net == cfg.net and (src.cfg.lora == cfg.lora or grow)) or shrink)
     if not same:
         part = "router" if router_only else "network"
         raise LoraIRError(f"{source.name}'s {part} differs from the {cfg.name} {part} (config or experts)",
-                          "use a checkpoint of the same preset, or of the same network with a lower LoRA rank")
+                          "use a checkpoint of the same preset, of the same network with a lower LoRA rank, "
+                          "or of a network with more blocks")
     torch.manual_seed(seed)
     model = LoRAIR(cfg)
     if router_only:
@@ -216,7 +230,9 @@ def seed_run(run_dir: Path, cfg: ModelConfig, source: Path, seed: int, router_on
         for big, small in zip(lora_layers(model), lora_layers(src), strict=True):
             big.grow_from(small)
     else:
-        model.load_state_dict(src.state_dict())
+        # blocks are numbered from 0 in every level, so the kept ones have the source's names
+        theirs = src.state_dict()
+        model.load_state_dict({k: theirs[k] for k in model.state_dict()})
     run_dir.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model, run_dir / "model.safetensors")
 

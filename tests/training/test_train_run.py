@@ -263,6 +263,29 @@ def test_init_from_a_lower_rank_grows_the_experts(tiny_config: Path, photo_folde
     assert rc == 2 and not (tmp_path / "bad").exists()
 
 
+def test_init_from_a_network_with_more_blocks_keeps_the_rest(
+    tiny_config: Path, photo_folder: Path, tmp_path: Path
+) -> None:
+    """A faster network (full-resolution blocks left out) starts from every weight the trained one
+    shares with it; a network with a block the source lacks is refused."""
+    train(tiny_config, photo_folder, tmp_path / "src", "experts", 2, "--lr", "1e-2", "--full")
+    src_path = tmp_path / "src" / "model.safetensors"
+    cfg = json.loads(tiny_config.read_text())
+    lite_cfg = tmp_path / "lite.json"
+    lite_cfg.write_text(json.dumps({**cfg, "net": {**cfg["net"], "enc_blocks": [0, 1], "dec_blocks": [1, 0]}}))
+    rc = main(["train", "--preset", str(lite_cfg), "--stage", "experts", "--data", str(photo_folder), "--steps", "1",
+               "--lr", "1e-12", "--full", "--run-dir", str(tmp_path / "lite"), "--init-from", str(src_path)])
+    assert rc == 0
+    src, lite = load_file(str(src_path)), load_file(str(tmp_path / "lite" / "model.safetensors"))
+    dropped = set(src) - set(lite)
+    assert not set(lite) - set(src) and dropped
+    assert all(k.startswith(("net.encoders.0.blocks.", "net.decoders.1.blocks.")) for k in dropped), dropped
+    assert all(torch.allclose(src[k], lite[k], atol=1e-6) for k in lite)
+    rc = main(["train", "--preset", str(tiny_config), "--stage", "experts", "--data", str(photo_folder),
+               "--run-dir", str(tmp_path / "bad"), "--init-from", str(tmp_path / "lite" / "model.safetensors")])
+    assert rc == 2 and not (tmp_path / "bad").exists()
+
+
 def test_one_trainer_per_run_folder(tiny_config: Path, photo_folder: Path, tmp_path: Path) -> None:
     """A second `lorair train` on a folder another live process trains in is refused, leaving the
     folder as it was; once that process is gone (however it ended), training proceeds."""
