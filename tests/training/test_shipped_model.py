@@ -1,4 +1,5 @@
-"""The shipped default model: loads, matches its sha256, restores a real photo it never saw.
+"""Every shipped model (the default and the others in the manifest): loads, matches its sha256,
+restores a real photo it never saw.
 
 The test photo is matplotlib's sample `grace_hopper.jpg` (a dev dependency): never used for
 training or tuning. Skipped while no weights are shipped."""
@@ -24,22 +25,31 @@ def _test_photo() -> Path | None:
     return p if p.is_file() else None
 
 
-@pytest.fixture(scope="module")
-def shipped() -> Path:
-    path = weights_dir() / f"{DEFAULT_MODEL}.safetensors"
+SHIPPED = sorted(read_manifest())
+
+
+def test_the_default_model_is_shipped() -> None:
+    assert DEFAULT_MODEL in SHIPPED
+
+
+@pytest.fixture(scope="module", params=SHIPPED)
+def shipped(request: pytest.FixtureRequest) -> tuple[str, Path]:
+    name = request.param
+    path = weights_dir() / read_manifest()[name]["file"]
     if not path.is_file():
         pytest.skip(f"{path.name} is not shipped yet")
-    return path
+    return name, path
 
 
-def test_manifest_entry_matches(shipped: Path) -> None:
-    entry = read_manifest()[DEFAULT_MODEL]
-    assert entry["file"] == shipped.name and entry["config"] == DEFAULT_MODEL
-    assert entry["sha256"] == sha256_file(shipped) and entry["bytes"] == shipped.stat().st_size
-    assert shipped.stat().st_size < 30 * 2**20
+def test_manifest_entry_matches(shipped: tuple[str, Path]) -> None:
+    name, path = shipped
+    entry = read_manifest()[name]
+    assert entry["file"] == path.name and entry["config"] == name
+    assert entry["sha256"] == sha256_file(path) and entry["bytes"] == path.stat().st_size
+    assert path.stat().st_size < 30 * 2**20
 
 
-def test_restores_a_noisy_photo(shipped: Path) -> None:
+def test_restores_a_noisy_photo(shipped: tuple[str, Path]) -> None:
     import torch
     from PIL import Image
 
@@ -53,7 +63,7 @@ def test_restores_a_noisy_photo(shipped: Path) -> None:
     torch.set_num_threads(min(2, torch.get_num_threads()))
     clean = np.asarray(Image.open(photo).convert("RGB"), dtype=np.float32)[:384, :384] / 255.0
     noisy = quantize8(add_gaussian_noise(clean, 25, np.random.default_rng(0)))
-    model = load_model(DEFAULT_MODEL)  # verifies the sha256 against the manifest
+    model = load_model(shipped[0])  # verifies the sha256 against the manifest
     res = Restorer(model, device="cpu").restore(noisy)
     gain = psnr(res.image, clean) - psnr(noisy, clean)
     assert gain > MIN_GAIN_DB, f"PSNR gain {gain:.2f} dB"
