@@ -138,8 +138,9 @@ class Restorer:
         # CPU: fewer threads while other programs hold cores (spinning OpenMP teams collapse then).
         self.governor: ThreadGovernor | None = shared_governor() if self.device.type == "cpu" else None
         self.model = model.to(self.device).eval()
-        if self.channels_last:
-            self.model.net.to(memory_format=torch.channels_last)
+        # Both ways: a model handed on from a channels_last restorer would otherwise keep its
+        # channels_last weights, and every conv would convert the input back to channels_last.
+        self.model.net.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         nc = self.model.cfg.net  # on a CPU, "auto" is bf16 only where it runs this network faster
         self.dtype = inference_dtype(self.device, precision, lambda: fastest_cpu_dtype(
             self.model.net, nc.prior_dim, nc.layout, self.channels_last))
