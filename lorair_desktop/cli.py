@@ -71,16 +71,18 @@ def cmd_restore(args: argparse.Namespace) -> int:
     restorer = Restorer(model, device=args.device, precision=args.precision)
     t0 = time.perf_counter()
     tiling = {"tile": args.tile} | ({} if args.overlap is None else {"overlap": args.overlap})
-    res = restorer.restore(img.rgb, overrides, keep, **tiling, progress=None if args.quiet else _progress)
+    res = restorer.restore(img.rgb, overrides, keep, **tiling, progress=None if args.quiet else _progress,
+                           ensemble=args.ensemble)
     imageio.write_image(dst, res.image, img.alpha, img.bit_depth, img.icc_profile, quality=args.quality,
                         exif=img.exif)
     if args.json:
         print(json.dumps({"output": str(dst), "router_weights": res.router_weights,
                           "applied_weights": res.applied_weights, "tiles": res.tiles, "timings": res.timings,
-                          "device": str(restorer.device)}, indent=2))
+                          "ensemble": res.ensemble, "device": str(restorer.device)}, indent=2))
     elif not args.quiet:
         applied = ", ".join(f"{k} {v:.2f}" for k, v in res.applied_weights.items() if v > 0) or "none (base network)"
-        print(f"{dst}: applied {applied}; {res.tiles} tile(s) on {restorer.device}, "
+        passes = f" x{res.ensemble} passes" if res.ensemble > 1 else ""
+        print(f"{dst}: applied {applied}; {res.tiles} tile(s){passes} on {restorer.device}, "
               f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return 0
 
@@ -129,6 +131,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     from . import DEFAULT_MODEL, models_cli
+    from .bridge import protocol
 
     p = argparse.ArgumentParser(prog="lorair", description="LoRA-IR Desktop: all-in-one image restoration")
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
@@ -147,6 +150,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     r.add_argument("--tile", type=int, default=None, help="tile side in pixels (default: automatic)")
     r.add_argument("--overlap", type=int, default=None, help="tile overlap in pixels (default 16)")
     r.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16")
+    r.add_argument("--ensemble", type=int, choices=protocol.ENSEMBLES, default=1,
+                   help="average this many flipped/turned passes: finer detail, that many times slower "
+                        "(rain keeps to 4 passes)")
     r.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality")
     r.add_argument("--force", action="store_true", help="allow overwriting an existing output")
     r.add_argument("--json", action="store_true", help="print the weights and timings as JSON")

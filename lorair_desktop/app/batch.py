@@ -47,6 +47,7 @@ class BatchJob:
     experts: ExpertSpec = field(default_factory=ExpertSpec)
     model: str | None = None
     tile: int | None = None
+    ensemble: int = 1
     suffix: str = ""  # "" keeps each input's format; else e.g. ".png"
     quality: int = 95
 
@@ -122,7 +123,8 @@ def run_batch(
             h, w = img.rgb.shape[:2]
             px = from_float(img.rgb, img.bit_depth)
             req = JobRequest(
-                px, w, h, "RGB", SAMPLE_OF_DTYPE[px.dtype], experts=job.experts, model=job.model, tile=job.tile
+                px, w, h, "RGB", SAMPLE_OF_DTYPE[px.dtype], experts=job.experts, model=job.model, tile=job.tile,
+                ensemble=job.ensemble
             )
 
             def report(st: JobStatus, i: int = i, name: str = src.name) -> None:

@@ -154,6 +154,7 @@ class RestoreController(QObject):
             experts=ExpertSpec.from_dict(self.panel.experts_spec()),
             model=self.panel.model or None,
             tile=tile,
+            ensemble=self.panel.ensemble,
         )
 
     def analyze(self, quiet: bool = False) -> None:
@@ -208,6 +209,7 @@ class RestoreController(QObject):
         job.experts = ExpertSpec.from_dict(self.panel.experts_spec())
         job.model = self.panel.model or None
         job.tile = self.panel.tile or None
+        job.ensemble = self.panel.ensemble
         log.info("batch: %d images into %s", len(job.files), job.output_dir)
         self.panel.set_busy(True, "Batch…")
         self._batch_op = self.link.run_batch(job)

@@ -84,6 +84,7 @@ class MainWindow(WindowMenus):
         self.panel = RestorePanel()
         self.panel.margin_spin.setValue(settings.margin)
         self.panel.tile_spin.setValue(settings.tile)
+        self.panel.set_ensemble(settings.ensemble)
         self.panel.auto_analyze.setChecked(settings.auto_analyze)
         scroll = QScrollArea()
         scroll.setWidget(self.panel)
@@ -137,6 +138,7 @@ class MainWindow(WindowMenus):
         for w in (self.panel.margin_spin, self.panel.tile_spin):
             w.valueChanged.connect(self._save_panel_settings)
         self.panel.auto_analyze.toggled.connect(self._save_panel_settings)
+        self.panel.passes_combo.currentIndexChanged.connect(self._save_panel_settings)
         # The restore dock runs the full height; the log shares the bottom with the canvas only.
         self.setCorner(Qt.Corner.BottomRightCorner, Qt.DockWidgetArea.RightDockWidgetArea)
         self.setCorner(Qt.Corner.TopRightCorner, Qt.DockWidgetArea.RightDockWidgetArea)
@@ -335,6 +337,7 @@ class MainWindow(WindowMenus):
     def _save_panel_settings(self) -> None:
         self.settings.margin = self.panel.margin
         self.settings.tile = self.panel.tile
+        self.settings.ensemble = self.panel.ensemble
         self.settings.auto_analyze = self.panel.auto_analyze.isChecked()
         self.settings.save()
 

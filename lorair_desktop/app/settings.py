@@ -14,6 +14,8 @@ from pathlib import Path
 
 import platformdirs
 
+from ..bridge.protocol import ENSEMBLES
+
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -35,6 +37,7 @@ class Settings:
     margin: int = 32  # context pixels sent around a selection
     feather: float = 8.0
     tile: int = 0  # 0 = the worker chooses
+    ensemble: int = 1  # self-ensemble passes per restore
     auto_analyze: bool = False
     jpeg_quality: int = 95
     batch_input: str = ""
@@ -63,6 +66,8 @@ class Settings:
                 setattr(s, key, value)
         if s.device not in DEVICES:
             s.device = "auto"
+        if s.ensemble not in ENSEMBLES:
+            s.ensemble = 1
         return s
 
     def save(self) -> None:

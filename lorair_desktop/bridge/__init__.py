@@ -7,6 +7,7 @@ here) is the logic the two plugins share.
 
 from .client import JobRequest, JobResult, WorkerClient, default_start_command
 from .protocol import (
+    ENSEMBLES,
     ORDERS,
     PROTOCOL_VERSION,
     SAMPLES,
@@ -24,6 +25,7 @@ from .protocol import (
 from .runtime import RuntimeInfo, read_runtime, runtime_dir, runtime_file
 
 __all__ = [
+    "ENSEMBLES",
     "ORDERS",
     "PROTOCOL_VERSION",
     "SAMPLES",

@@ -36,6 +36,7 @@ from .protocol import (
     E_START_FAILED,
     E_TIMEOUT,
     E_WORKER_GONE,
+    ENSEMBLES,
     JOB_CONTENT_TYPE,
     ORDERS,
     PROTOCOL_HEADER,
@@ -113,6 +114,7 @@ class JobRequest:
     model: str | None = None
     tile: int | None = None
     overlap: int | None = None
+    ensemble: int = 1
 
     def header(self) -> JobHeader:
         return JobHeader(
@@ -125,6 +127,7 @@ class JobRequest:
             self.experts,
             self.tile,
             self.overlap,
+            self.ensemble,
         )
 
     def body_parts(self) -> list[memoryview | bytes]:
@@ -140,6 +143,12 @@ class JobRequest:
                 E_BAD_REQUEST,
                 f"the image is empty ({self.width}x{self.height})",
                 "select a region of at least one pixel",
+            )
+        if isinstance(self.ensemble, bool) or self.ensemble not in ENSEMBLES:
+            raise BridgeError(
+                E_BAD_REQUEST,
+                f"{self.ensemble!r} passes are not offered",
+                f"choose {', '.join(map(str, ENSEMBLES))} passes",
             )
         px = _as_bytes_view(self.pixels, "pixels")
         want = pixel_bytes(self.width, self.height, self.order, self.sample)

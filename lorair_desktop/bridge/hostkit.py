@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .client import JobRequest, JobResult, WorkerClient
-from .protocol import E_CANCELLED, ExpertSpec, JobStatus
+from .protocol import E_CANCELLED, ENSEMBLES, ExpertSpec, JobStatus
 
 DEFAULT_MARGIN = 32  # px of context around the selection: the network sees past its edges
 MAX_MARGIN = 512
@@ -60,6 +60,16 @@ class Rect:
         x0, y0 = max(self.x, other.x), max(self.y, other.y)
         x1, y1 = min(self.x + self.w, other.x + other.w), min(self.y + self.h, other.y + other.h)
         return Rect(x0, y0, max(0, x1 - x0), max(0, y1 - y0))
+
+
+# ---- passes --------------------------------------------------------------------------------------
+
+
+def check_passes(n: Any) -> int:
+    """A pass count a script or a setting gave, as the int the worker takes; PluginError otherwise."""
+    if isinstance(n, bool) or not isinstance(n, int) or n not in ENSEMBLES:
+        raise PluginError(f"{n!r} passes are not offered.", f"Choose {', '.join(map(str, ENSEMBLES))} passes.")
+    return n
 
 
 # ---- expert weights ------------------------------------------------------------------------------

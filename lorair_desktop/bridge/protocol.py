@@ -35,12 +35,14 @@ Job header JSON (`JobHeader`)::
                                          # cannot be loaded fails the job, the current one stays
      "experts": {"mode": "auto"}         # or {"mode": "manual", "weights": {"noise": 0.8},
                                          #     "keep_router": false}
-     "tile": null, "overlap": null}      # optional ints: tile side >= 16, overlap >= 0
+     "tile": null, "overlap": null,      # optional ints: tile side >= 16, overlap >= 0
+     "ensemble": 1}                      # optional: 1, 2, 4 or 8 flipped/turned passes averaged
+                                         # (that many times slower; rain mixes use 4 at most)
 
 Result header JSON (`ResultHeader`): width, height, order, sample (same layout as the input),
 router_weights, applied_weights ({expert: weight}; the router's, and the ones actually merged),
 timings ({"queue_s", "decode_s", "route_s", "restore_s", "total_s", "encode_s"}: seconds), tiles,
-tile_size, device, dtype, model. The pixels follow; no mask.
+tile_size, device, dtype, model, ensemble (the passes run). The pixels follow; no mask.
 
 Routes (all under /v1; JSON bodies unless framed)
 -------------------------------------------------
@@ -101,6 +103,7 @@ FINAL_STATES = frozenset({"done", "failed", "cancelled"})
 MIN_TILE = 16
 MAX_TILE = 16384
 MAX_OVERLAP = 1024
+ENSEMBLES = (1, 2, 4, 8)  # self-ensemble pass counts (the model core checks the same set)
 MAX_SIDE = 1 << 20  # a sanity bound; the worker's max_pixels is the real limit
 MAX_JSON_HEADER = 64 * 1024  # bytes of JSON in a framed body
 _LEN = struct.Struct(">I")
@@ -208,6 +211,15 @@ def _choice(data: dict, key: str, choices: dict[str, int] | tuple[str, ...], wha
     return v
 
 
+def _ensemble(data: dict, what: str) -> int:
+    v = data.get("ensemble", 1)
+    if v is None:
+        return 1
+    if isinstance(v, bool) or not isinstance(v, int) or v not in ENSEMBLES:
+        raise bad(f"{what}.ensemble {v!r} is not supported"[:200], f"use one of {', '.join(map(str, ENSEMBLES))}")
+    return v
+
+
 def _bool(data: dict, key: str, default: bool, what: str) -> bool:
     v = data.get(key, default)
     if not isinstance(v, bool):
@@ -292,9 +304,10 @@ class JobHeader:
     experts: ExpertSpec = field(default_factory=ExpertSpec)
     tile: int | None = None
     overlap: int | None = None
+    ensemble: int = 1
 
     _KEYS = ("width", "height", "order", "sample")
-    _OPTIONAL = ("has_mask", "model", "experts", "tile", "overlap")
+    _OPTIONAL = ("has_mask", "model", "experts", "tile", "overlap", "ensemble")
 
     @property
     def pixel_bytes(self) -> int:
@@ -319,6 +332,7 @@ class JobHeader:
             "experts": self.experts.to_dict(),
             "tile": self.tile,
             "overlap": self.overlap,
+            "ensemble": self.ensemble,
         }
 
     @classmethod
@@ -338,6 +352,7 @@ class JobHeader:
             experts=ExpertSpec.from_dict(d.get("experts") or {"mode": "auto"}),
             tile=_opt_int(d, "tile", MIN_TILE, MAX_TILE, what),
             overlap=_opt_int(d, "overlap", 0, MAX_OVERLAP, what),
+            ensemble=_ensemble(d, what),
         )
 
 
@@ -355,6 +370,7 @@ class ResultHeader:
     device: str
     dtype: str
     model: str
+    ensemble: int = 1
 
     @property
     def pixel_bytes(self) -> int:
@@ -365,9 +381,9 @@ class ResultHeader:
 
     @classmethod
     def from_dict(cls, data: Any) -> ResultHeader:
-        keys = tuple(cls.__dataclass_fields__)
-        d = _check_keys(data, "result", keys, ())
-        return cls(**{k: d[k] for k in keys})
+        keys = tuple(k for k in cls.__dataclass_fields__ if k != "ensemble")
+        d = _check_keys(data, "result", keys, ("ensemble",))
+        return cls(**{k: d[k] for k in keys}, ensemble=int(d.get("ensemble", 1)))
 
 
 @dataclass(frozen=True)

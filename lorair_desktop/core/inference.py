@@ -18,7 +18,7 @@ import torch
 
 from .cpu import ThreadGovernor, keep_freed_memory, shared_governor
 from .device import inference_dtype, select_device
-from .errors import Cancelled, ImageError
+from .errors import Cancelled, ImageError, LoraIRError
 from .model import LoRAIR
 from .precision import fastest_cpu_dtype
 from .router import quadrant_boxes
@@ -42,6 +42,15 @@ CPU_BUDGET_MB = 448
 # overlap, 75 dB at 48 px, identical PSNR to the clean photo. 16 px recomputes 9 % instead of 31 %.
 DEFAULT_OVERLAP = 16
 _OUT_ROWS = 64  # output rows converted at a time
+
+# Self-ensemble: the restore averaged over flipped and turned copies of each tile (quarter turns,
+# mirrored). Measured on the 8 held-out photos, x8: noise +0.25-0.36 dB, blur +0.14, haze +0.18,
+# jpeg +0.05/+0.12, low-light +0.13 dB, at 8x the time. The first four keep every line's direction
+# up to a mirror image; rain streaks fall one way, and turned by 90° they are unlike any rain the
+# model learnt (x8 lost 7 dB on rain), so a mix with an oriented expert uses those four at most.
+ENSEMBLES = (1, 2, 4, 8)
+_TRANSFORMS = ((0, False), (0, True), (2, True), (2, False), (1, False), (3, False), (1, True), (3, True))
+ORIENTED_EXPERTS = frozenset({"rain"})
 
 
 @dataclass
@@ -68,6 +77,7 @@ class RestoreResult:
     tile_size: int
     timings: dict[str, float]
     dtype: str
+    ensemble: int = 1  # passes averaged per tile (fewer than asked where an oriented expert is mixed in)
 
 
 PIXEL_DTYPES = (np.float32, np.uint8, np.uint16)
@@ -221,9 +231,14 @@ class Restorer:
         cancel: CancelFn | None = None,
         merged: bool = True,
         out_dtype: np.dtype | type | None = None,
+        ensemble: int = 1,
     ) -> RestoreResult:
         """Restore an (H, W, 3) float32 [0, 1] / uint8 / uint16 image. The result is float32 unless
-        `out_dtype` asks for uint8/uint16; huge images stream through tiles with bounded memory."""
+        `out_dtype` asks for uint8/uint16; huge images stream through tiles with bounded memory.
+        `ensemble` (1, 2, 4 or 8) averages that many flipped/turned passes (see ENSEMBLES)."""
+        if ensemble not in ENSEMBLES:
+            raise LoraIRError(f"ensemble must be one of {', '.join(map(str, ENSEMBLES))}, got {ensemble!r}",
+                             "use 1 (off), 2, 4 or 8 passes")
         img = check_image(image)
         h, w = img.shape[:2]
         with self._lock:
@@ -231,6 +246,8 @@ class Restorer:
             analysis = self.analyze(img)
             applied = apply_overrides(analysis.router_weights, overrides, self.experts, keep_router)
             t1 = time.perf_counter()
+            oriented = any(w > 0 for e, w in zip(self.experts, applied, strict=True) if e in ORIENTED_EXPERTS)
+            passes = _TRANSFORMS[: min(ensemble, 4) if oriented else ensemble]
             weights = torch.tensor(applied, dtype=torch.float32, device=self.device)
             if merged:
                 self.model.merge(weights, channels_last=self.channels_last)
@@ -240,7 +257,7 @@ class Restorer:
                 buffers = img.nbytes + h * w * 3 * np.dtype(out_dtype or np.float32).itemsize
                 tile_size = tile or self.auto_tile(h, w, buffers)
                 out, n, used = self._run_tiles(img, analysis.prior, tile_size, overlap, progress, cancel,
-                                               np.dtype(out_dtype or np.float32))
+                                               np.dtype(out_dtype or np.float32), passes)
             finally:
                 self.model.unmerge()
             t2 = time.perf_counter()
@@ -252,6 +269,7 @@ class Restorer:
             tile_size=tile_size,
             timings={"route_s": t1 - t0, "restore_s": t2 - t1, "total_s": t2 - t0},
             dtype=str(used).replace("torch.", ""),
+            ensemble=len(passes),
         )
 
     def _forward(self, x: torch.Tensor, prior: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -262,7 +280,22 @@ class Restorer:
         with torch.autocast(self.device.type, dtype=dtype):
             return self.model.net(x, prior).float()
 
-    def _run_tiles(self, img, prior, tile, overlap, progress, cancel, out_dtype):  # type: ignore[no-untyped-def]
+    def _passes(self, x: torch.Tensor, prior: torch.Tensor, dtype: torch.dtype,
+                passes: tuple[tuple[int, bool], ...], cancel: CancelFn | None) -> torch.Tensor:
+        """The mean of the network's outputs over the (quarter turns, mirrored) copies of x."""
+        acc = None
+        for turns, mirrored in passes:
+            if cancel is not None and acc is not None and cancel():
+                raise Cancelled("the restore was cancelled", "")
+            t = torch.rot90(x, turns, (-2, -1)) if turns else x
+            y = self._forward(t.flip(-1) if mirrored else t, prior, dtype)
+            y = y.flip(-1) if mirrored else y
+            y = torch.rot90(y, -turns, (-2, -1)) if turns else y
+            acc = y if acc is None else acc.add_(y)
+        assert acc is not None
+        return acc if len(passes) == 1 else acc.div_(len(passes))
+
+    def _run_tiles(self, img, prior, tile, overlap, progress, cancel, out_dtype, passes):  # type: ignore[no-untyped-def]
         """Stream tiles band by band. Blend weights are separable (w = wy * wx) and every band has the
         same columns, so each band is blended across its columns first, then bands are blended down
         the rows; rows are written to the output once final, so only ~one tile-tall float buffer lives."""
@@ -296,10 +329,10 @@ class Restorer:
                 if self.governor is not None:
                     self.governor.update()
                 x = self._to_tensor(padded_block(img, t.y0, t.x0, t.h, t.w))
-                y = self._forward(x, prior, dtype)
+                y = self._passes(x, prior, dtype, passes, cancel)
                 if not torch.isfinite(y).all() and dtype != torch.float32:
                     dtype = torch.float32  # reduced precision overflowed: redo in fp32 from here on
-                    y = self._forward(x, prior, dtype)
+                    y = self._passes(x, prior, dtype, passes, cancel)
                 pred = y[0].clamp_(0, 1).permute(1, 2, 0).cpu().numpy()
                 wx = tile_profiles(t, hp, wp, ov)[1]
                 band[:, t.x0 : t.x0 + t.w] += pred * wx[None, :, None]

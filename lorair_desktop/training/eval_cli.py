@@ -16,7 +16,7 @@ import platformdirs
 import torch
 
 from ..core.checkpoint import DEFAULT_MODEL, load_checkpoint, resolve_model, sha256_file, verify_sha256
-from ..core.inference import Restorer
+from ..core.inference import ENSEMBLES, Restorer
 from ..core.model import LoRAIR
 from .dataset import ImageBank, photo_bank
 from .evaluate import EvalSettings, evaluate, to_markdown
@@ -41,6 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crops-per-image", type=int, default=1)
     p.add_argument("--router-crops", type=int, default=4, help="crops per image for the router confusion matrix")
     p.add_argument("--tile", type=int, default=None, help="force tiled inference with this tile side")
+    p.add_argument("--ensemble", type=int, choices=ENSEMBLES, default=1,
+                   help="self-ensemble passes per restore, as `lorair restore --ensemble` (that many times slower)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
@@ -80,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         baselines=args.baselines,
         tile=args.tile,
+        ensemble=args.ensemble,
     )
     restorer = Restorer(model, device=args.device, precision=args.precision)
     report = evaluate(restorer, bank, settings)

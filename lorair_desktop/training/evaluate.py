@@ -194,6 +194,7 @@ class EvalSettings:
     seed: int = 0
     baselines: bool = False
     tile: int | None = None  # force tiled inference with this tile side
+    ensemble: int = 1  # self-ensemble passes per restore (see core.inference.ENSEMBLES)
     rows: Sequence[EvalRow] = EVAL_ROWS + MIXED_ROWS
 
 
@@ -226,7 +227,7 @@ def evaluate_rows(restorer: Restorer, bank: ImageBank, settings: EvalSettings) -
             deg, info = row.make(clean, rng)
             deg = D.quantize8(deg)
             t0 = time.perf_counter()
-            res = restorer.restore(deg, tile=settings.tile)
+            res = restorer.restore(deg, tile=settings.tile, ensemble=settings.ensemble)
             t_model += time.perf_counter() - t0
             top = max(res.router_weights, key=lambda k: res.router_weights[k])
             routed[top] = routed.get(top, 0) + 1
@@ -361,6 +362,7 @@ def evaluate(restorer: Restorer, bank: ImageBank, settings: EvalSettings) -> dic
             "crops_per_image": settings.crops_per_image,
             "router_crops_per_image": settings.router_crops,
             "seed": settings.seed,
+            "ensemble": settings.ensemble,
             "quantized_8bit": True,
         },
         "metrics": {
@@ -432,4 +434,7 @@ def to_markdown(report: dict[str, Any], title: str | None = None) -> str:
         f"{len(d['images'])} images, {d['crops_per_image']} crop(s) of {d['crop']}² each (most textured of a 4x4 "
         f"grid), seed {d['seed']}, inputs quantised to 8 bits. PSNR on RGB; SSIM: {report['metrics']['ssim']}.",
     ]
+    if d.get("ensemble", 1) > 1:
+        lines[-1] += (f" Every restore averages {d['ensemble']} flipped/turned passes (self-ensemble; "
+                      "rain mixes at most 4).")
     return "\n".join(lines) + "\n"

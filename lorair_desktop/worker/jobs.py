@@ -423,7 +423,8 @@ class Scheduler:
             if h.overlap is not None:
                 kwargs["overlap"] = h.overlap
             res = restorer.restore(
-                rgb, overrides, h.experts.keep_router, progress=progress, cancel=job.cancel.is_set, **kwargs
+                rgb, overrides, h.experts.keep_router, progress=progress, cancel=job.cancel.is_set,
+                ensemble=h.ensemble, **kwargs
             )
             t2 = time.perf_counter()
             out = pixels.from_float_rgb(res.image, arr, h.order, h.sample, mask, rgb)
@@ -447,6 +448,7 @@ class Scheduler:
                 str(restorer.device),
                 res.dtype,
                 self.models.name,
+                res.ensemble,
             )
             with self.cond:
                 job.result_header, job.result_pixels = header.to_dict(), out

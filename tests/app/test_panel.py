@@ -59,9 +59,9 @@ def test_settings_round_trip_and_bad_files(tmp_path: Path) -> None:
     t = Settings.load(path)
     assert (t.margin, t.feather, t.device) == (48, 3.5, "cuda")
     assert len(t.recent_files) == 10 and t.recent_files[0].endswith("3.png")
-    path.write_text(json.dumps({"margin": "wide", "feather": 6, "device": "tpu", "unknown": 1}))
+    path.write_text(json.dumps({"margin": "wide", "feather": 6, "device": "tpu", "unknown": 1, "ensemble": 3}))
     u = Settings.load(path)
-    assert (u.margin, u.feather, u.device) == (32, 6.0, "auto")  # wrong types and values fall back
+    assert (u.margin, u.feather, u.device, u.ensemble) == (32, 6.0, "auto", 1)  # wrong types and values fall back
     path.write_text("{not json")
     assert Settings.load(path).margin == 32
 

@@ -134,10 +134,12 @@ def test_analyze_then_manual_weights_reach_the_worker_exactly(window, tmp_path: 
     for r in panel.rows:
         r.slider.setValue(round(wanted[r.name] * 100))  # as a user drags the sliders
     assert panel.experts_spec() == {"mode": "manual", "weights": wanted, "keep_router": False}
+    panel.set_ensemble(2)  # Advanced ▸ Passes
 
     results = run_restore(window)
     assert len(results) == 1, window.message_bar.text
     assert results[0].header.applied_weights == wanted
+    assert results[0].header.ensemble == 2
     assert panel.chart.applied == wanted
     assert f"{panel.experts[-1]} 0.80" in panel.applied_label.text()
 
@@ -281,11 +283,12 @@ def test_settings_persist(window, tmp_path: Path) -> None:
     assert window.open_file(write(tmp_path / f"r{EXT}"))
     window.panel.margin_spin.setValue(40)
     window.panel.tile_spin.setValue(256)
+    window.panel.set_ensemble(4)
     window.feather_spin.setValue(12.5)
     window.set_device("cpu")  # the test worker already runs on the CPU: no restart
     window.close()
     s = Settings.load(window.settings.path)
-    assert (s.margin, s.tile, s.feather, s.device) == (40, 256, 12.5, "cpu")
+    assert (s.margin, s.tile, s.feather, s.device, s.ensemble) == (40, 256, 12.5, "cpu", 4)
     assert s.recent_files[0] == str((tmp_path / f"r{EXT}").resolve())
     assert s.last_folder == str(tmp_path) and s.window_geometry and s.window_state
 

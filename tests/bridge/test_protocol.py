@@ -19,7 +19,7 @@ from lorair_desktop.bridge.protocol import (
 
 
 def test_job_header_round_trip() -> None:
-    h = JobHeader(640, 480, "BGRA", "u16", True, "lorair-compact", ExpertSpec.manual({"noise": 0.8}, True), 256, 32)
+    h = JobHeader(640, 480, "BGRA", "u16", True, "lorair-compact", ExpertSpec.manual({"noise": 0.8}, True), 256, 32, 8)
     assert JobHeader.from_dict(h.to_dict()) == h
     assert h.pixel_bytes == 640 * 480 * 4 * 2
     assert h.mask_bytes == 640 * 480
@@ -43,6 +43,9 @@ def test_job_header_round_trip() -> None:
         ({"experts": {"mode": "auto", "weights": {}}}, "unknown key(s) 'weights'"),
         ({"experts": {"mode": "manual"}}, "missing key(s) 'weights'"),
         ({"model": ""}, "header.model"),
+        ({"ensemble": 3}, "header.ensemble 3 is not supported"),
+        ({"ensemble": True}, "use one of 1, 2, 4, 8"),
+        ({"ensemble": "8"}, "header.ensemble '8'"),
     ],
 )
 def test_job_header_rejects_with_reason(patch: dict, fragment: str) -> None:
@@ -51,6 +54,13 @@ def test_job_header_rejects_with_reason(patch: dict, fragment: str) -> None:
         JobHeader.from_dict(d)
     assert ei.value.code == "bad_request" and ei.value.status == 400
     assert fragment in ei.value.message + ei.value.hint
+
+
+def test_the_wire_and_the_model_core_agree_on_ensembles() -> None:
+    from lorair_desktop.bridge.protocol import ENSEMBLES
+    from lorair_desktop.core.inference import ENSEMBLES as CORE
+
+    assert ENSEMBLES == CORE
 
 
 def test_missing_keys_and_valid_keys_listed() -> None:
@@ -102,6 +112,9 @@ def test_response_types_round_trip() -> None:
         2, 2, "RGB", "u8", {"noise": 1.0}, {"noise": 0.5}, {"total_s": 0.1}, 1, 384, "cpu", "float32", "m"
     )
     assert ResultHeader.from_dict(rh.to_dict()) == rh and rh.pixel_bytes == 12
+    # a worker from before self-ensembles sends no "ensemble": one pass
+    old = {k: v for k, v in rh.to_dict().items() if k != "ensemble"}
+    assert ResultHeader.from_dict(old).ensemble == 1
     info = WorkerInfo(
         "0.1",
         1,

@@ -51,6 +51,23 @@ def test_manual_experts_reach_the_model(small_model_path, tmp_path, capsys) -> N
     assert applied == {"noise": 0.8, "blur": 0.0, "jpeg": 0.3, "rain": 0.0, "haze": 0.0, "low-light": 0.0}
 
 
+def test_ensemble_passes_and_rain_keeps_to_four(small_model_path, tmp_path, capsys) -> None:
+    src = tmp_path / "in.png"
+    Image.fromarray(_rgb()).save(src)
+    base = ["restore", str(src), "--model", str(small_model_path), "--json"]
+    for experts, asked, got in (("noise=1", "8", 8), ("rain=0.5,noise=0.5", "8", 4), ("noise=1", "1", 1)):
+        rc, out, _ = _run([*base, "-o", str(tmp_path / f"{got}-{asked}.png"), "--experts", experts,
+                           "--ensemble", asked], capsys)
+        assert rc == 0 and json.loads(out)["ensemble"] == got
+    a = np.asarray(Image.open(tmp_path / "8-8.png"), np.int16)
+    b = np.asarray(Image.open(tmp_path / "1-1.png"), np.int16)
+    assert np.abs(a - b).max() > 0  # the passes change the result
+    with pytest.raises(SystemExit) as ei:  # argparse: not a pass count
+        main([*base, "-o", str(tmp_path / "bad.png"), "--ensemble", "3"])
+    assert ei.value.code == 2 and "invalid choice" in capsys.readouterr().err
+    assert not (tmp_path / "bad.png").exists()
+
+
 def test_rgba_alpha_passes_through_untouched(small_model_path, tmp_path, capsys) -> None:
     rgba = np.dstack([_rgb(), np.linspace(0, 255, 40 * 56).reshape(40, 56).astype(np.uint8)])
     src, dst = tmp_path / "a.png", tmp_path / "b.png"

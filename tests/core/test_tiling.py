@@ -142,3 +142,37 @@ def test_cpu_tiles_grow_when_the_full_resolution_level_holds_no_blocks(small_mod
     assert whole.tiles == 1 and tiled.tiles > 4
     d = np.abs(whole.image - tiled.image).mean(-1)
     assert d.mean() < 2e-4 and d.max() < 5e-3
+
+
+def test_self_ensemble_averages_flipped_and_turned_passes(small_model) -> None:
+    """x8 equals the hand-made mean of the eight flipped/turned restores; rain mixes keep to the four
+    passes that leave streak directions alone; 1 is the plain restore; other counts are refused."""
+    from lorair_desktop.core.inference import ENSEMBLES
+    from lorair_desktop.errors import LoraIRError
+
+    r = Restorer(small_model, device="cpu", precision="fp32")
+    img = _image(96, 128)  # one tile: the ensemble runs on the whole image
+    mix = {"noise": 1.0}
+    plain = r.restore(img, overrides=mix)
+    assert plain.ensemble == 1 and np.array_equal(r.restore(img, overrides=mix, ensemble=1).image, plain.image)
+    views = []
+    for turns in range(4):
+        for mirrored in (False, True):
+            v = np.rot90(img, turns)
+            v = v[:, ::-1] if mirrored else v
+            out = r.restore(np.ascontiguousarray(v), overrides=mix).image
+            out = out[:, ::-1] if mirrored else out
+            views.append(np.rot90(out, -turns))
+    x8 = r.restore(img, overrides=mix, ensemble=8)
+    assert x8.ensemble == 8
+    # the passes are averaged before the clip to [0, 1]: compare where no single pass was clipped
+    inside = np.all((np.array(views) > 0) & (np.array(views) < 1), axis=0)
+    assert inside.mean() > 0.5
+    assert np.abs(x8.image - np.mean(views, axis=0))[inside].max() < 1e-4
+    assert np.abs(x8.image - plain.image).max() > 1e-3  # the passes really differ
+    rainy = r.restore(img, overrides={"rain": 0.5, "noise": 0.5}, ensemble=8)
+    assert rainy.ensemble == 4
+    assert 2 in ENSEMBLES and r.restore(img, overrides=mix, ensemble=2).ensemble == 2
+    for bad in (0, 3, 16):
+        with pytest.raises(LoraIRError, match="ensemble"):
+            r.restore(img, ensemble=bad)

@@ -66,7 +66,7 @@ def layers(img):
     return out
 
 
-def run_plugin(img, drawable, experts="auto", margin=8):
+def run_plugin(img, drawable, experts="auto", margin=8, passes=1):
     proc = Gimp.get_pdb().lookup_procedure(PROCEDURE)
     if proc is None:
         return {"status": "NOT_INSTALLED", "error": "procedure not found"}
@@ -76,20 +76,21 @@ def run_plugin(img, drawable, experts="auto", margin=8):
     cfg.set_core_object_array("drawables", [drawable])
     cfg.set_property("experts", experts)
     cfg.set_property("margin", margin)
+    cfg.set_property("passes", passes)
     res = proc.run(cfg)
     status = res.index(0)
     error = res.index(1) if res.length() > 1 and status != Gimp.PDBStatusType.SUCCESS else ""
     return {"status": status.value_nick, "error": error}
 
 
-def restore_scenario(experts):
+def restore_scenario(experts, passes=1):
     img, layer = new_image(pixels=test_pixels(1))
     img.select_rectangle(Gimp.ChannelOps.REPLACE, *SELECT)
     Gimp.Selection.feather(img, FEATHER)
     original = read(layer)
     mask = read(img.get_selection(), "Y u8")
     _ok, _empty, x1, y1, x2, y2 = Gimp.Selection.bounds(img)
-    out = run_plugin(img, layer, experts)
+    out = run_plugin(img, layer, experts, passes=passes)
     new = [ly for ly in img.get_layers() if ly.get_name().startswith("LoRA-IR")]
     out.update({
         "input": b64(original), "mask": b64(mask), "selection": [x1, y1, x2 - x1, y2 - y1],
@@ -108,6 +109,8 @@ def scenarios():
         results["auto"] = restore_scenario("auto")
     if "manual" in wanted:
         results["manual"] = restore_scenario("noise=0.8,jpeg=0.3")
+    if "passes" in wanted:
+        results["passes"] = restore_scenario("noise=0.8,jpeg=0.3", passes=4)
     if "bad_experts" in wanted:
         img, layer = new_image(pixels=test_pixels(2))
         out = run_plugin(img, layer, "noise=lots")

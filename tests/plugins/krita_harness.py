@@ -18,7 +18,7 @@ import traceback
 
 from krita import Extension, Krita, Selection
 from PyQt5.QtCore import QTimer
-from PyQt5.QtWidgets import QApplication, QCheckBox, QLabel, QMessageBox, QProgressBar, QPushButton, QSlider
+from PyQt5.QtWidgets import QApplication, QCheckBox, QComboBox, QLabel, QMessageBox, QProgressBar, QPushButton, QSlider
 
 ACTION = "lorair_restore_selection"
 W, H = 128, 96
@@ -255,6 +255,8 @@ def sc_docker():
         s.setValue(0)
     sliders[0].setValue(80)  # the model's first expert at 0.80, the third at 0.30
     sliders[2].setValue(30)
+    passes = next(c for c in panel.findChildren(QComboBox) if c.findData(2) >= 0)
+    passes.setCurrentIndex(passes.findData(2))  # Passes: 2
     before = len(doc.rootNode().childNodes())
     button("Restore").click()
     out["restored"] = yield from wait_for(lambda: len(doc.rootNode().childNodes()) > before)
@@ -265,6 +267,7 @@ def sc_docker():
     out["pixels"] = b64(new.pixelData(0, 0, W, H))
     out["labels"] = labels()
     auto.setChecked(True)
+    passes.setCurrentIndex(0)
     return out
 
 

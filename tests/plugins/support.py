@@ -30,9 +30,10 @@ class RunningWorker:
         return WorkerClient.connect(autostart=False, runtime_dir=self.runtime_dir, timeout=120.0)
 
     def restore(self, pixels: bytes, width: int, height: int, order: str, mask: bytes | None,
-                experts: ExpertSpec | None = None) -> bytes:
+                experts: ExpertSpec | None = None, ensemble: int = 1) -> bytes:
         """What the worker answers when called directly, as the reference for the hosts' layers."""
-        req = JobRequest(pixels, width, height, order, "u8", mask=mask, experts=experts or ExpertSpec.auto())
+        req = JobRequest(pixels, width, height, order, "u8", mask=mask, experts=experts or ExpertSpec.auto(),
+                         ensemble=ensemble)
         return self.client().restore(req).pixels
 
 

@@ -148,7 +148,7 @@ def test_worker_failures_change_nothing(gimp_host: Any, gimp_logic: Any, monkeyp
     use_client(monkeypatch, gimp_logic, client)
     image, layer = scene()
     status, error = host.LoraIRPlugIn().run(fg.Procedure(), fg.RunMode.NONINTERACTIVE, image, [layer],
-                                            fg.Config(experts="auto", margin=4), None)
+                                            fg.Config(experts="auto", margin=4, passes=1), None)
     assert status is fg.PDBStatusType.EXECUTION_ERROR and words in error
     assert image.calls == [] and image.layers == [layer]  # not even an undo group
     assert progress[-1] == ("end",)
@@ -189,7 +189,7 @@ def test_bad_input_is_an_error_before_anything_is_sent(gimp_host: Any, gimp_logi
         image.select(40, 30, 5, 5)  # outside the layer at (5, 3)-(35, 23)
     status, error = host.LoraIRPlugIn().run(fg.Procedure(), fg.RunMode.NONINTERACTIVE,
                                             None if setup == "none" else image, drawables,
-                                            fg.Config(experts="auto", margin=4), None)
+                                            fg.Config(experts="auto", margin=4, passes=1), None)
     assert status is fg.PDBStatusType.EXECUTION_ERROR and words in error
     assert client.requests == [] and image.calls == []
 
@@ -197,8 +197,13 @@ def test_bad_input_is_an_error_before_anything_is_sent(gimp_host: Any, gimp_logi
 def test_the_procedure_succeeds_non_interactively(gimp_host: Any, gimp_logic: Any,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     host, _ = gimp_host
-    use_client(monkeypatch, gimp_logic, FakeClient())
+    client = use_client(monkeypatch, gimp_logic, FakeClient())
     image, layer = scene()
     status, error = host.LoraIRPlugIn().run(fg.Procedure(), fg.RunMode.NONINTERACTIVE, image, [layer],
-                                            fg.Config(experts="auto", margin=4), None)
+                                            fg.Config(experts="auto", margin=4, passes=4), None)
     assert (status, error) == (fg.PDBStatusType.SUCCESS, "") and len(image.layers) == 2
+    assert client.requests[-1].ensemble == 4  # the "passes" argument reaches the worker
+    status, error = host.LoraIRPlugIn().run(fg.Procedure(), fg.RunMode.NONINTERACTIVE, image, [layer],
+                                            fg.Config(experts="auto", margin=4, passes=3), None)
+    assert status == fg.PDBStatusType.EXECUTION_ERROR and "3 passes are not offered" in error, error
+    assert len(image.layers) == 2  # nothing added

@@ -72,7 +72,7 @@ def gimp_root(plugin_worker: RunningWorker) -> Path:
 
 @pytest.fixture(scope="module")
 def gimp_run(gimp_root: Path) -> dict[str, Any]:
-    return run_gimp(gimp_root, "auto,manual,bad_experts,unsupported,empty_selection",
+    return run_gimp(gimp_root, "auto,manual,passes,bad_experts,unsupported,empty_selection",
                     {"LORAIR_RUNTIME_DIR": "/root/lorair-test/runtime"}, "main")
 
 
@@ -81,12 +81,13 @@ def _arr(data: str, w: int, h: int, channels: int) -> np.ndarray:
     return np.frombuffer(base64.b64decode(data), np.uint8).reshape(shape)
 
 
-@pytest.mark.parametrize("case, experts", [
-    ("auto", ExpertSpec.auto()),
-    ("manual", ExpertSpec.manual({"noise": 0.8, "jpeg": 0.3})),
+@pytest.mark.parametrize("case, experts, passes", [
+    ("auto", ExpertSpec.auto(), 1),
+    ("manual", ExpertSpec.manual({"noise": 0.8, "jpeg": 0.3}), 1),
+    ("passes", ExpertSpec.manual({"noise": 0.8, "jpeg": 0.3}), 4),  # the procedure's "passes" argument
 ])
 def test_restore_adds_a_layer_blended_by_the_feathered_selection(gimp_run: dict[str, Any], case: str,
-                                                                 experts: ExpertSpec,
+                                                                 experts: ExpertSpec, passes: int,
                                                                  plugin_worker: RunningWorker) -> None:
     res = gimp_run[case]
     assert res["status"] == "success", res["error"]
@@ -99,7 +100,7 @@ def test_restore_adds_a_layer_blended_by_the_feathered_selection(gimp_run: dict[
     new_info, bg_info = res["layers"]
     assert bg_info == {"name": "Background", "x": 0, "y": 0, "w": W, "h": H}
     assert new_info == {"name": new_info["name"], "x": x, "y": y, "w": w, "h": h}
-    if case == "manual":
+    if case in ("manual", "passes"):
         assert new_info["name"] == "LoRA-IR: noise 0.80, jpeg 0.30"
     else:
         assert new_info["name"].startswith("LoRA-IR: ") and new_info["name"] != "LoRA-IR: base network"
@@ -108,10 +109,13 @@ def test_restore_adds_a_layer_blended_by_the_feathered_selection(gimp_run: dict[
     new = _arr(res["new_layer"], w, h, 4)
     crop = np.ascontiguousarray(original[y:y + h, x:x + w])
     crop_mask = np.ascontiguousarray(mask[y:y + h, x:x + w])
-    expected = plugin_worker.restore(crop.tobytes(), w, h, "RGBA", crop_mask.tobytes(), experts)
+    expected = plugin_worker.restore(crop.tobytes(), w, h, "RGBA", crop_mask.tobytes(), experts, passes)
     np.testing.assert_array_equal(new, np.frombuffer(expected, np.uint8).reshape(h, w, 4))
-    full = np.frombuffer(plugin_worker.restore(crop.tobytes(), w, h, "RGBA", None, experts),
+    full = np.frombuffer(plugin_worker.restore(crop.tobytes(), w, h, "RGBA", None, experts, passes),
                          np.uint8).reshape(h, w, 4)
+    if passes > 1:  # the passes changed the result: it is not the one-pass restore
+        one = plugin_worker.restore(crop.tobytes(), w, h, "RGBA", crop_mask.tobytes(), experts)
+        assert not np.array_equal(new, np.frombuffer(one, np.uint8).reshape(h, w, 4))
     assert np.abs(new.astype(int) - blend_reference(crop, full, crop_mask, slice(0, 3)).astype(int)).max() <= 1
     assert (new[crop_mask == 0] == crop[crop_mask == 0]).all()
     assert (new[crop_mask == 255] != crop[crop_mask == 255]).any(), "nothing was restored"

@@ -157,6 +157,15 @@ def test_manual_weights_are_sent_for_the_models_experts(krita_plugin: Any) -> No
         "mode": "manual", "weights": {"noise": 0.8, "blur": 0.0, "jpeg": 2.0}, "keep_router": False}
 
 
+def test_the_passes_setting_is_sent(krita_plugin: Any) -> None:
+    ctl, _host, client = make(krita_plugin)
+    assert ctl.settings.passes == 1
+    ctl.settings.passes = 8
+    ctl.restore()
+    run(ctl)
+    assert client.requests[0].ensemble == 8
+
+
 def test_half_float_layers_travel_as_f32_and_come_back_as_half(krita_plugin: Any) -> None:
     ctl, host, client = make(krita_plugin, depth="F16", selection=(0, 0, 3, 2))
     ctl.settings.margin = 0
@@ -265,6 +274,8 @@ def test_settings_round_trip_and_tolerate_garbage(krita_plugin: Any) -> None:
     assert krita_plugin.Settings.from_json("not json") == krita_plugin.Settings()
     assert krita_plugin.Settings.from_json('{"margin": 99999}').margin == krita_plugin.MAX_MARGIN
     assert krita_plugin.Settings.from_json('{"margin": 8}').margin == 8
+    assert krita_plugin.Settings.from_json('{"passes": 8}').passes == 8
+    assert krita_plugin.Settings.from_json('{"passes": 3}').passes == 1  # not offered: the default
 
 
 def test_the_worker_command_comes_from_the_install_record(krita_plugin: Any,

@@ -96,6 +96,18 @@ def test_mask_manual_experts_and_tiles_match_in_process(client: WorkerClient, re
     assert np.array_equal(out[mask == 0], img[mask == 0])  # outside the selection: untouched, bit-exact
 
 
+def test_self_ensemble_through_the_worker_matches_in_process(client: WorkerClient, restorer: Any) -> None:
+    h, w = 64, 80
+    img = host_image("RGBA", "u8", h, w, seed=11)
+    spec = ExpertSpec.manual({"noise": 1.0})
+    got = client.restore(JobRequest(img.tobytes(), w, h, "RGBA", "u8", experts=spec, ensemble=4))
+    want, res = reference(restorer, img, "RGBA", "u8", overrides={"noise": 1.0}, ensemble=4)
+    assert got.header.ensemble == res.ensemble == 4
+    compare(got.pixels, want, "u8")
+    single = client.restore(JobRequest(img.tobytes(), w, h, "RGBA", "u8", experts=spec))
+    assert single.header.ensemble == 1 and single.pixels != got.pixels
+
+
 def test_analyze_matches_in_process(client: WorkerClient, restorer: Any) -> None:
     img = host_image("RGB", "u8", 64, 48, seed=3)
     got = client.analyze(JobRequest(img.tobytes(), 48, 64, "RGB", "u8"))

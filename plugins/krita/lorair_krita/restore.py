@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 try:  # the only import of the vendored bridge: the rest of the plugin imports it from here
-    from .vendor.bridge import JobRequest, hostkit
+    from .vendor.bridge import ENSEMBLES, JobRequest, hostkit
     from .vendor.bridge.hostkit import DEFAULT_MARGIN, MAX_MARGIN, PluginError, Rect, layer_name, model_label
 except ImportError as exc:  # the sources copied by hand: `lorair plugins install` vendors the bridge
     raise ImportError(f"The LoRA-IR plugin is incomplete: its bridge module is missing ({exc}). Reinstall it "
@@ -85,6 +85,7 @@ class Settings:
     experts: list[str] = field(default_factory=list)  # the model's experts, as last seen
     margin: int = DEFAULT_MARGIN
     autostart: bool = True
+    passes: int = 1  # flipped/turned passes the worker averages (ENSEMBLES)
 
     def expert_spec(self) -> Any:
         return hostkit.expert_spec(self.auto, self.weights, self.experts)
@@ -105,6 +106,8 @@ class Settings:
         s.autostart = bool(data.get("autostart", s.autostart))
         try:
             s.margin = min(max(int(data.get("margin", s.margin)), 0), MAX_MARGIN)
+            passes = int(data.get("passes", s.passes))
+            s.passes = passes if passes in ENSEMBLES else 1
             s.weights = {str(k): float(v) for k, v in dict(data.get("weights") or {}).items()}
             s.experts = [str(e) for e in list(data.get("experts") or [])]
         except (TypeError, ValueError):
@@ -238,7 +241,7 @@ class Controller:
         rect = PLUGIN.restore_region(target.canvas, target.selection, self.settings.margin)
         pixels, mask = self.host.read(target, rect)
         request = JobRequest(to_wire(pixels, target.depth), rect.w, rect.h, order, sample,
-                             mask=mask, experts=self.settings.expert_spec())
+                             mask=mask, experts=self.settings.expert_spec(), ensemble=self.settings.passes)
         return target, rect, request
 
     def _guarded(self, fn: Callable[[], None]) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .qt_compat import QtCore, QtWidgets
-from .restore import Controller, Settings, Status, hostkit
+from .restore import ENSEMBLES, Controller, Settings, Status, hostkit
 
 POLL_MS = 100
 _SLIDER_STEPS = 100  # slider units per 1.0 of weight
@@ -106,6 +106,18 @@ class Panel(QtWidgets.QWidget):
         margin_row.addWidget(self.margin)
         layout.addLayout(margin_row)
 
+        passes_row = QtWidgets.QHBoxLayout()
+        passes_row.addWidget(QtWidgets.QLabel("Passes"))
+        self.passes = QtWidgets.QComboBox()
+        for n in ENSEMBLES:
+            self.passes.addItem("1 (fastest)" if n == 1 else f"{n} ({n}x the time)", n)
+        self.passes.setCurrentIndex(max(0, self.passes.findData(plugin.settings.passes)))
+        self.passes.setToolTip("Average this many flipped and turned passes: finer detail, that many times "
+                               "the time (rain keeps to 4)")
+        self.passes.currentIndexChanged.connect(self._passes_changed)
+        passes_row.addWidget(self.passes)
+        layout.addLayout(passes_row)
+
         buttons = QtWidgets.QHBoxLayout()
         self.analyze_button = QtWidgets.QPushButton("Analyze")
         self.analyze_button.setToolTip("Show which degradations the router sees in the selection")
@@ -145,6 +157,10 @@ class Panel(QtWidgets.QWidget):
 
     def _margin_changed(self, value: int) -> None:
         self.plugin.settings.margin = int(value)
+        self.plugin.settings_changed()
+
+    def _passes_changed(self, index: int) -> None:
+        self.plugin.settings.passes = int(self.passes.itemData(index) or 1)
         self.plugin.settings_changed()
 
     def _model_chosen(self, index: int) -> None:

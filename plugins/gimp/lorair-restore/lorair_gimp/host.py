@@ -80,18 +80,19 @@ def _progress(fraction: float, text: str) -> None:
     Gimp.progress_update(min(max(fraction, 0.0), 1.0))
 
 
-def run_restore(image: Any, drawables: list[Any], experts_text: str, margin: int) -> Any:
+def run_restore(image: Any, drawables: list[Any], experts_text: str, margin: int, passes: int = 1) -> Any:
     """Read, restore through the worker, then (only on success) add the layer. Returns it."""
     if image is None:
         raise PluginError("No image is open.", "Open an image and select the area to restore.")
     if len(drawables) != 1:
         raise PluginError("LoRA-IR restores one layer at a time.", "Select exactly one layer.")
     drawable = drawables[0]
+    passes = hostkit.check_passes(passes)
     experts = hostkit.parse_experts(experts_text)
     rect, image_rect, fmt, pixels, mask = _read(image, drawable, margin)
     Gimp.progress_init("LoRA-IR: connecting to the worker…")
     client = logic.connect()
-    result = logic.restore(client, pixels, mask, rect, fmt, experts, _progress)
+    result = logic.restore(client, pixels, mask, rect, fmt, experts, _progress, passes)
     layer = _add_layer(image, drawable, image_rect, fmt, result.pixels,
                        hostkit.layer_name(result.header.applied_weights))
     Gimp.progress_end()
@@ -154,6 +155,18 @@ def _dialog(procedure: Any, config: Any, image: Any, drawables: list[Any]) -> bo
     row.add(Gtk.Label(label="Context margin (px)"))
     row.add(margin)
     box.add(row)
+    passes = Gtk.ComboBoxText()
+    for n in logic.PASSES:
+        passes.append(str(n), "1 (fastest)" if n == 1 else f"{n} ({n}× the time)")
+    passes.set_active_id(str(config.get_property("passes")))
+    if passes.get_active_id() is None:
+        passes.set_active_id("1")
+    passes.set_tooltip_text("Average this many flipped and turned passes: finer detail, that many times "
+                            "the time (rain keeps to 4)")
+    row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=6)
+    row.add(Gtk.Label(label="Passes"))
+    row.add(passes)
+    box.add(row)
     analyze = Gtk.Button(label="Analyze (router weights)")
 
     def on_analyze(*_: Any) -> None:
@@ -174,6 +187,7 @@ def _dialog(procedure: Any, config: Any, image: Any, drawables: list[Any]) -> bo
         weights = {name: round(scale.get_value(), 2) for name, scale in scales.items()}
         config.set_property("experts", hostkit.experts_text(auto.get_active(), weights))
         config.set_property("margin", int(margin.get_value()))
+        config.set_property("passes", int(passes.get_active_id() or "1"))
     dialog.destroy()
     return ok
 
@@ -199,13 +213,16 @@ class LoraIRPlugIn(Gimp.PlugIn):
             "Sends the selection (plus a context margin, with its soft edges) to the local LoRA-IR worker "
             "and adds the result as a new layer above, blended through the selection, in one undo step. "
             "experts: 'auto' (the router chooses), 'noise=0.8,jpeg=0.3' (by hand; others 0) or "
-            "'auto,rain=0' (the router's mix with edits). The worker starts on demand.",
+            "'auto,rain=0' (the router's mix with edits). passes: 1, 2, 4 or 8 flipped/turned passes averaged "
+            "(finer, that many times slower). The worker starts on demand.",
             name)
         proc.set_attribution("LoRA-IR Desktop", "LoRA-IR Desktop authors", "2025")
         proc.add_string_argument("experts", "Experts", "auto | name=weight,... | auto,name=weight,...", "auto",
                                  GObject.ParamFlags.READWRITE)
         proc.add_int_argument("margin", "Context margin", "Pixels of context around the selection",
                               0, hostkit.MAX_MARGIN, hostkit.DEFAULT_MARGIN, GObject.ParamFlags.READWRITE)
+        proc.add_int_argument("passes", "Passes", "1, 2, 4 or 8 flipped/turned passes averaged (slower, finer)",
+                              1, max(logic.PASSES), 1, GObject.ParamFlags.READWRITE)
         return proc
 
     def run(self, procedure: Any, run_mode: Any, image: Any, drawables: list[Any], config: Any,
@@ -213,7 +230,8 @@ class LoraIRPlugIn(Gimp.PlugIn):
         try:
             if run_mode == Gimp.RunMode.INTERACTIVE and not _dialog(procedure, config, image, list(drawables)):
                 return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, None)
-            run_restore(image, list(drawables), config.get_property("experts"), config.get_property("margin"))
+            run_restore(image, list(drawables), config.get_property("experts"), config.get_property("margin"),
+                        config.get_property("passes"))
         except Exception as exc:
             Gimp.progress_end()
             # GIMP shows a returned error itself (a dialog, or the console in batch mode).

@@ -9,17 +9,18 @@ from dataclasses import dataclass
 from typing import Any
 
 try:  # the only import of the vendored bridge: the rest of the plug-in imports it from here
-    from .vendor.bridge import ExpertSpec, JobRequest, JobResult, hostkit
+    from .vendor.bridge import ENSEMBLES, ExpertSpec, JobRequest, JobResult, hostkit
     from .vendor.bridge.hostkit import PluginError, Rect
 except ImportError as exc:  # the sources copied by hand: `lorair plugins install` vendors the bridge
     raise ImportError(f"The LoRA-IR plug-in is incomplete: its bridge module is missing ({exc}). Reinstall it "
                       "from a terminal with `lorair plugins install gimp`, then restart GIMP.") from exc
 
 PROCEDURE = "plug-in-lorair-restore"
+PASSES = ENSEMBLES  # the passes a restore may average (the worker checks them too)
 PLUGIN = hostkit.Plugin("gimp", "GIMP", "plug-in", deselect="Select > None",
                         bug_hint="Please report it with the messages of GIMP's Error Console.")
 
-__all__ = ["PLUGIN", "PROCEDURE", "JobRequest", "PixelFormat", "PluginError", "Rect", "connect", "error_text",
+__all__ = ["PASSES", "PLUGIN", "PROCEDURE", "JobRequest", "PixelFormat", "PluginError", "Rect", "connect", "error_text",
            "hostkit", "pixel_format", "restore"]
 
 
@@ -57,9 +58,11 @@ def error_text(exc: BaseException) -> str:
 
 
 def restore(client: Any, pixels: bytes, mask: bytes | None, rect: Rect, fmt: PixelFormat, experts: ExpertSpec,
-            on_progress: Callable[[float, str], None]) -> JobResult:
-    """Send the region, show progress, and check that the answer fits before anything is drawn."""
-    request = JobRequest(pixels, rect.w, rect.h, fmt.order, fmt.sample, mask=mask, experts=experts)
+            on_progress: Callable[[float, str], None], passes: int = 1) -> JobResult:
+    """Send the region, show progress, and check that the answer fits before anything is drawn.
+    `passes`: flipped/turned passes averaged by the worker (1, 2, 4 or 8)."""
+    request = JobRequest(pixels, rect.w, rect.h, fmt.order, fmt.sample, mask=mask, experts=experts,
+                         ensemble=passes)
 
     def report(st: Any) -> None:
         text, fraction = hostkit.progress_text(st)
