@@ -181,8 +181,10 @@ def test_bad_checkpoint_and_untrained_preset(small_model_path, tmp_path, capsys,
     assert "net.intro.conv.weight" in err
     res = tmp_path / "res"
     (res / "model_configs").mkdir(parents=True)
-    src = Path(imageio.__file__).resolve().parents[1] / "resources" / "model_configs" / "lorair-compact.json"
-    (res / "model_configs" / "lorair-compact.json").write_text(src.read_text())
+    from lorair_desktop import DEFAULT_MODEL
+
+    src = Path(imageio.__file__).resolve().parents[1] / "resources" / "model_configs" / f"{DEFAULT_MODEL}.json"
+    (res / "model_configs" / f"{DEFAULT_MODEL}.json").write_text(src.read_text())  # the preset, no weights
     monkeypatch.setenv("LORAIR_RESOURCES", str(res))
     assert "no trained weights" in _bad(["restore", str(good), "-o", str(tmp_path / "o.png")], capsys)
 
