@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..bridge.protocol import ENSEMBLES
+from ..bridge import hostkit
 
 ROW_H = 18  # chart row height
 SLIDER_STEPS = 100  # slider resolution: weights move in steps of 0.01
@@ -231,12 +231,9 @@ class RestorePanel(QWidget):
         self.tile_spin.setSuffix(" px")
         self.tile_spin.setToolTip("Tile size for large regions (Auto lets the worker choose from memory)")
         self.passes_combo = QComboBox()
-        for n in ENSEMBLES:
-            self.passes_combo.addItem("1 (fastest)" if n == 1 else f"{n} ({n}× the time)", n)
-        self.passes_combo.setToolTip(
-            "Average this many flipped and turned passes: finer detail and less noise\n"
-            "(+0.1 to +0.4 dB), at that many times the time. Rain keeps to 4 passes."
-        )
+        for n, label in hostkit.pass_choices():
+            self.passes_combo.addItem(label, n)
+        self.passes_combo.setToolTip(hostkit.PASSES_TIP)
         for w in (self.margin_spin, self.tile_spin):
             w.valueChanged.connect(self.options_changed)
         self.passes_combo.currentIndexChanged.connect(self.options_changed)

@@ -65,6 +65,15 @@ class Rect:
 # ---- passes --------------------------------------------------------------------------------------
 
 
+PASSES_TIP = ("Average this many flipped and turned passes: finer detail, that many times the time "
+              "(rain keeps to 4).")
+
+
+def pass_choices() -> list[tuple[int, str]]:
+    """(passes, label) for a host's Passes menu, fastest first."""
+    return [(n, "1 (fastest)" if n == 1 else f"{n} ({n}× the time)") for n in ENSEMBLES]
+
+
 def check_passes(n: Any) -> int:
     """A pass count a script or a setting gave, as the int the worker takes; PluginError otherwise."""
     if isinstance(n, bool) or not isinstance(n, int) or n not in ENSEMBLES:

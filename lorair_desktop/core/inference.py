@@ -44,10 +44,11 @@ DEFAULT_OVERLAP = 16
 _OUT_ROWS = 64  # output rows converted at a time
 
 # Self-ensemble: the restore averaged over flipped and turned copies of each tile (quarter turns,
-# mirrored). Measured on the 8 held-out photos, x8: noise +0.25-0.36 dB, blur +0.14, haze +0.18,
-# jpeg +0.05/+0.12, low-light +0.13 dB, at 8x the time. The first four keep every line's direction
-# up to a mirror image; rain streaks fall one way, and turned by 90° they are unlike any rain the
-# model learnt (x8 lost 7 dB on rain), so a mix with an oriented expert uses those four at most.
+# mirrored). Measured on the 8 held-out photos (`lorair eval --ensemble 8`, compact): noise
+# +0.25/+0.27/+0.35 dB, blur +0.14, haze +0.18, jpeg +0.05/+0.11, low-light +0.13, at 8x the time.
+# The first four keep every line's direction up to a mirror image; rain streaks fall one way, and
+# turned by 90° they are unlike any rain the model learnt (x8 lost 7 dB on rain, x4 gains +0.31), so
+# a mix with an oriented expert uses those four at most.
 ENSEMBLES = (1, 2, 4, 8)
 _TRANSFORMS = ((0, False), (0, True), (2, True), (2, False), (1, False), (3, False), (1, True), (3, True))
 ORIENTED_EXPERTS = frozenset({"rain"})
@@ -198,7 +199,8 @@ class Restorer:
             tile = min(CPU_TILE_MAX, CPU_TILE << nc.finest_block_level)
             # Measured forward peaks: 330-390 B/px in bf16, 530-710 in fp32, i.e. ~12 live tensors of
             # `width` channels. The buffers count twice: over many tiles the allocator's kept free
-            # blocks grow by about their size (24 MP photo: 75-240 MB above the one-tile peak).
+            # blocks grow by about their size (24 MP photos peaked 75-240 MB above what the tile
+            # and the buffers add up to).
             per_px = 12 * nc.width * bytes_per_value
             budget = CPU_BUDGET_MB * 2**20 - 2 * buffers
             # Float photos of many megapixels exceed the budget by their buffers alone: the floor then

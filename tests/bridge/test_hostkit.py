@@ -130,3 +130,15 @@ def test_restore_refuses_an_answer_that_does_not_fit() -> None:
     with pytest.raises(PluginError, match="another size") as err:
         PLUGIN.restore(_Client(4), request)
     assert "the plugin and the worker" in err.value.hint
+
+
+def test_pass_choices_are_the_wire_set_and_bad_counts_are_refused() -> None:
+    from lorair_desktop.bridge.protocol import ENSEMBLES
+
+    choices = hostkit.pass_choices()
+    assert [n for n, _ in choices] == list(ENSEMBLES) and choices[0][1] == "1 (fastest)"
+    assert len({label for _, label in choices}) == len(choices)
+    assert hostkit.check_passes(8) == 8
+    for bad in (3, True, "4", 0):
+        with pytest.raises(PluginError, match="passes are not offered"):
+            hostkit.check_passes(bad)

@@ -85,7 +85,7 @@ class Settings:
     experts: list[str] = field(default_factory=list)  # the model's experts, as last seen
     margin: int = DEFAULT_MARGIN
     autostart: bool = True
-    passes: int = 1  # flipped/turned passes the worker averages (ENSEMBLES)
+    passes: int = 1  # flipped/turned passes the worker averages (one of ENSEMBLES; others read as 1)
 
     def expert_spec(self) -> Any:
         return hostkit.expert_spec(self.auto, self.weights, self.experts)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .qt_compat import QtCore, QtWidgets
-from .restore import ENSEMBLES, Controller, Settings, Status, hostkit
+from .restore import Controller, Settings, Status, hostkit
 
 POLL_MS = 100
 _SLIDER_STEPS = 100  # slider units per 1.0 of weight
@@ -109,11 +109,10 @@ class Panel(QtWidgets.QWidget):
         passes_row = QtWidgets.QHBoxLayout()
         passes_row.addWidget(QtWidgets.QLabel("Passes"))
         self.passes = QtWidgets.QComboBox()
-        for n in ENSEMBLES:
-            self.passes.addItem("1 (fastest)" if n == 1 else f"{n} ({n}x the time)", n)
+        for n, label in hostkit.pass_choices():
+            self.passes.addItem(label, n)
         self.passes.setCurrentIndex(max(0, self.passes.findData(plugin.settings.passes)))
-        self.passes.setToolTip("Average this many flipped and turned passes: finer detail, that many times "
-                               "the time (rain keeps to 4)")
+        self.passes.setToolTip(hostkit.PASSES_TIP)
         self.passes.currentIndexChanged.connect(self._passes_changed)
         passes_row.addWidget(self.passes)
         layout.addLayout(passes_row)

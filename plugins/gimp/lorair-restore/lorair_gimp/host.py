@@ -156,13 +156,12 @@ def _dialog(procedure: Any, config: Any, image: Any, drawables: list[Any]) -> bo
     row.add(margin)
     box.add(row)
     passes = Gtk.ComboBoxText()
-    for n in logic.PASSES:
-        passes.append(str(n), "1 (fastest)" if n == 1 else f"{n} ({n}× the time)")
+    for n, label in hostkit.pass_choices():
+        passes.append(str(n), label)
     passes.set_active_id(str(config.get_property("passes")))
     if passes.get_active_id() is None:
         passes.set_active_id("1")
-    passes.set_tooltip_text("Average this many flipped and turned passes: finer detail, that many times "
-                            "the time (rain keeps to 4)")
+    passes.set_tooltip_text(hostkit.PASSES_TIP)
     row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=6)
     row.add(Gtk.Label(label="Passes"))
     row.add(passes)
@@ -222,7 +221,7 @@ class LoraIRPlugIn(Gimp.PlugIn):
         proc.add_int_argument("margin", "Context margin", "Pixels of context around the selection",
                               0, hostkit.MAX_MARGIN, hostkit.DEFAULT_MARGIN, GObject.ParamFlags.READWRITE)
         proc.add_int_argument("passes", "Passes", "1, 2, 4 or 8 flipped/turned passes averaged (slower, finer)",
-                              1, max(logic.PASSES), 1, GObject.ParamFlags.READWRITE)
+                              1, max(n for n, _ in hostkit.pass_choices()), 1, GObject.ParamFlags.READWRITE)
         return proc
 
     def run(self, procedure: Any, run_mode: Any, image: Any, drawables: list[Any], config: Any,

@@ -9,18 +9,17 @@ from dataclasses import dataclass
 from typing import Any
 
 try:  # the only import of the vendored bridge: the rest of the plug-in imports it from here
-    from .vendor.bridge import ENSEMBLES, ExpertSpec, JobRequest, JobResult, hostkit
+    from .vendor.bridge import ExpertSpec, JobRequest, JobResult, hostkit
     from .vendor.bridge.hostkit import PluginError, Rect
 except ImportError as exc:  # the sources copied by hand: `lorair plugins install` vendors the bridge
     raise ImportError(f"The LoRA-IR plug-in is incomplete: its bridge module is missing ({exc}). Reinstall it "
                       "from a terminal with `lorair plugins install gimp`, then restart GIMP.") from exc
 
 PROCEDURE = "plug-in-lorair-restore"
-PASSES = ENSEMBLES  # the passes a restore may average (the worker checks them too)
 PLUGIN = hostkit.Plugin("gimp", "GIMP", "plug-in", deselect="Select > None",
                         bug_hint="Please report it with the messages of GIMP's Error Console.")
 
-__all__ = ["PASSES", "PLUGIN", "PROCEDURE", "JobRequest", "PixelFormat", "PluginError", "Rect", "connect", "error_text",
+__all__ = ["PLUGIN", "PROCEDURE", "JobRequest", "PixelFormat", "PluginError", "Rect", "connect", "error_text",
            "hostkit", "pixel_format", "restore"]
 
 
