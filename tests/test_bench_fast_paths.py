@@ -47,6 +47,7 @@ def test_bf16_is_close_to_fp32(small_model) -> None:
 def test_bench_quick_json_report(small_model_path, tmp_path, capsys) -> None:
     out = tmp_path / "bench.json"
     before = {p.pid for p in psutil.Process().children()}  # other tests' workers may be running
+    threads = torch.get_num_threads()
     rc = main(["bench", "--quick", "--model", str(small_model_path), "--megapixels", "0.02", "--repeats", "1",
                "--skip", "memory,worker,gemm,peer", "--json", str(out)])
     assert rc == 0
@@ -57,6 +58,8 @@ def test_bench_quick_json_report(small_model_path, tmp_path, capsys) -> None:
     if (os.cpu_count() or 1) > 1:
         assert "default, beside a program busy on 1 core" in variants
     assert {p.pid for p in psutil.Process().children()} <= before  # the busy neighbour is gone
+    # the governor gave torch fewer threads beside the neighbour: the later sections got them back
+    assert torch.get_num_threads() == threads
     for r in rep["restore"]:
         assert r["s_per_mp"] > 0 and len(r["samples"]) == 1 and 0 <= r["router_share"] <= 1
         assert r["dtype"] == ("bfloat16" if r["variant"] == "bf16 autocast" else "float32")
@@ -75,3 +78,22 @@ def test_backbone_bench_runs_on_the_device_it_reports(small_model) -> None:
     rows = bench_backbone(small_model, repeats=1, side=64, peer=False, device="cuda")
     assert {r["device"] for r in rows} == {"cuda"}
     assert next(small_model.parameters()).device.type == "cpu"  # handed back for the next section
+
+
+def test_backbone_bench_sets_ours_beside_the_peer_and_puts_the_network_back(small_model) -> None:
+    pytest.importorskip("spandrel")
+    from lorair_desktop.bench import BARE, PEER, _peer_computation, bench_backbone
+
+    net = small_model.net.eval()
+    x, prior = torch.rand(1, 3, 64, 64), torch.rand(1, small_model.cfg.net.prior_dim)
+    with torch.inference_mode():
+        ref = net(x, prior)
+        with _peer_computation(net):
+            bare = net(x, prior)
+        after = net(x, prior)
+    assert (bare - ref).abs().max() > 1e-4  # without the prior's modulation the network computes less
+    assert torch.equal(after, ref)  # and everything is back
+    rows = {r["variant"]: r for r in bench_backbone(small_model, repeats=2, side=64)}
+    assert {PEER, BARE} <= rows.keys()
+    assert rows[PEER]["ratio_to_peer"] == 1.0 and rows["plain backbone (no experts)"]["ratio_to_plain"] == 1.0
+    assert all(len(r["samples"]) == 2 and r["ratio_to_peer"] > 0 for r in rows.values())

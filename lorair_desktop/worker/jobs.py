@@ -38,6 +38,7 @@ from ..bridge.protocol import (
     ResultHeader,
 )
 from ..core import LoraIRError
+from ..core.cpu import release_freed_memory
 from ..core.errors import Cancelled
 from ..core.routing import validate_overrides
 from . import pixels
@@ -361,7 +362,10 @@ class Scheduler:
                     self.running = self._current = None
                     self.last_active = time.monotonic()
                     self._expire()
+                    idle = not self._queue and not self._urgent
                     self.cond.notify_all()
+                if idle and isinstance(item, Job):
+                    release_freed_memory()  # the image's buffers, kept for reuse while jobs were queued
 
     def _run_op(self, op: _Op) -> None:
         try:

@@ -1,5 +1,6 @@
-"""Process memory helpers in core.cpu: freed tensor memory is kept for reuse (keep_freed_memory),
-and the peak resident memory is read per process and can be reset (peak_rss_bytes, reset_peak_rss)."""
+"""Process memory helpers in core.cpu: freed tensor memory is kept for reuse (keep_freed_memory)
+and given back once the work is done (release_freed_memory), and the peak resident memory is read
+per process and can be reset (peak_rss_bytes, reset_peak_rss)."""
 
 import platform
 import subprocess
@@ -23,7 +24,7 @@ libc = ctypes.CDLL("libc.so.6")
 libc.mallinfo2.restype = MallInfo2
 tuned = keep_freed_memory() if sys.argv[1] == "tuned" else None
 before = libc.mallinfo2()
-t = torch.ones(20 * 2**18)  # 20 MiB: the size of one activation of a 384-px tile
+t = torch.ones(int(sys.argv[2]) * 2**18)  # MiB: 20 = one activation of a 384-px tile, 63 of a 992-px one
 during = libc.mallinfo2()
 del t
 after = libc.mallinfo2()
@@ -31,21 +32,43 @@ print(tuned, during.hblkhd - before.hblkhd, after.fordblks)
 """
 
 
-def _probe(mode: str) -> tuple[str, int, int]:
-    out = subprocess.run([sys.executable, "-c", _PROBE, mode], capture_output=True, text=True, timeout=120,
+def _probe(mode: str, mib: int) -> tuple[str, int, int]:
+    out = subprocess.run([sys.executable, "-c", _PROBE, mode, str(mib)], capture_output=True, text=True, timeout=120,
                          check=True)
     tuned, mapped, kept = out.stdout.split()
     return tuned, int(mapped), int(kept)
 
 
 @glibc_only
-def test_tile_sized_blocks_come_from_the_heap_and_stay_there_once_freed() -> None:
+@pytest.mark.parametrize("size", [20, 64])  # below and above glibc's 32 MiB ceiling for its mmap threshold
+def test_tile_sized_blocks_come_from_the_heap_and_stay_there_once_freed(size: int) -> None:
     mib = 2**20
-    _, mapped, kept = _probe("default")
-    assert mapped >= 20 * mib and kept < 20 * mib  # glibc's default: mmap()ed, and unmapped on free
-    tuned, mapped, kept = _probe("tuned")
+    _, mapped, kept = _probe("default", size)
+    assert mapped >= size * mib and kept < size * mib  # glibc's default: mmap()ed, and unmapped on free
+    tuned, mapped, kept = _probe("tuned", size)
     assert tuned == "True"
-    assert mapped == 0 and kept >= 20 * mib  # heap block, kept for the next op: no fresh page faults
+    assert mapped == 0 and kept >= size * mib  # heap block, kept for the next op: no fresh page faults
+
+
+@glibc_only
+def test_released_memory_leaves_the_process() -> None:
+    probe = """
+import torch
+from lorair_desktop.core.cpu import keep_freed_memory, release_freed_memory
+
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+
+keep_freed_memory()
+big = torch.ones(100 * 2**18)  # 100 MiB on the heap, every page touched
+pin = torch.ones(1024)  # a live block above it: the heap cannot simply shrink from its top
+del big
+kept = rss()
+print(release_freed_memory(), kept - rss(), pin.numel())
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    released, given_back, _ = out.stdout.split()
+    assert released == "True" and int(given_back) >= 90 * 2**20
 
 
 def test_peak_rss_follows_an_allocation_and_resets() -> None:
