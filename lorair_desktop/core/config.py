@@ -17,6 +17,10 @@ from typing import Any, TypeVar
 from .errors import ConfigError
 
 _EXPERT_NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+# Degradations whose look has a direction (streaks fall one way): a quarter turn makes them unlike
+# anything the expert learnt, so the self-ensemble keeps to mirror images where one is mixed in.
+# The default of a model that does not list its own (ModelConfig.oriented_experts).
+KNOWN_ORIENTED = frozenset({"rain", "rain-fog", "snow"})
 
 
 BUILTIN_RESOURCES = Path(__file__).resolve().parents[2] / "resources"
@@ -90,6 +94,8 @@ class ModelConfig:
     net: NetConfig = field(default_factory=NetConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     router: RouterConfig = field(default_factory=RouterConfig)
+    # experts whose degradation has a direction; None: those of KNOWN_ORIENTED among the experts
+    oriented_experts: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.experts:
@@ -101,6 +107,10 @@ class ModelConfig:
                 )
         if len(set(self.experts)) != len(self.experts):
             raise ConfigError(f"model '{self.name}' repeats an expert name: {list(self.experts)}")
+        stray = sorted(set(self.oriented_experts or ()) - set(self.experts))
+        if stray:
+            raise ConfigError(f"oriented_experts names {stray}, which are not experts of '{self.name}'",
+                              f"list some of {list(self.experts)}, or [] for none")
         if not 1 <= self.lora.top_k <= len(self.experts):
             raise ConfigError(f"lora.top_k={self.lora.top_k} must lie in 1..{len(self.experts)}")
         if self.router.views not in ("paper", "native"):
@@ -120,8 +130,18 @@ class ModelConfig:
     def pad_multiple(self) -> int:
         return 2 ** len(self.net.enc_blocks)
 
+    @property
+    def oriented(self) -> frozenset[str]:
+        """The experts whose degradation has a direction (see KNOWN_ORIENTED)."""
+        if self.oriented_experts is None:
+            return KNOWN_ORIENTED & set(self.experts)
+        return frozenset(self.oriented_experts)
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d["oriented_experts"] is None:  # unstated stays unstated: older checkpoints' configs round-trip
+            del d["oriented_experts"]
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -148,6 +168,10 @@ def _build(cls: type[T], data: Any, where: str) -> T:
         sub = _NESTED.get((cls, name))
         if sub is not None:
             value = _build(sub, value, f"{where}.{name}")
+        elif (cls, name) in _NAME_LISTS:
+            if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                raise ConfigError(f"{where}.{name} must be a list of expert names or null, got {value!r}")
+            value = None if value is None else tuple(value)
         else:
             value = _check_type(value, f.default, f"{where}.{name}")
         kwargs[name] = value
@@ -178,6 +202,7 @@ def _check_type(value: Any, default: Any, where: str) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
+_NAME_LISTS = {(ModelConfig, "oriented_experts")}  # None or a list of names (not a str, as None would allow)
 _NESTED: dict[tuple[type, str], type] = {
     (ModelConfig, "net"): NetConfig,
     (ModelConfig, "lora"): LoRAConfig,

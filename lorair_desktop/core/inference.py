@@ -48,10 +48,9 @@ _OUT_ROWS = 64  # output rows converted at a time
 # +0.25/+0.27/+0.35 dB, blur +0.14, haze +0.18, jpeg +0.05/+0.11, low-light +0.13, at 8x the time.
 # The first four keep every line's direction up to a mirror image; rain streaks fall one way, and
 # turned by 90° they are unlike any rain the model learnt (x8 lost 7 dB on rain, x4 gains +0.31), so
-# a mix with an oriented expert uses those four at most.
+# a mix with an oriented expert (ModelConfig.oriented) uses those four at most.
 ENSEMBLES = (1, 2, 4, 8)
 _TRANSFORMS = ((0, False), (0, True), (2, True), (2, False), (1, False), (3, False), (1, True), (3, True))
-ORIENTED_EXPERTS = frozenset({"rain"})
 
 
 @dataclass
@@ -248,7 +247,8 @@ class Restorer:
             analysis = self.analyze(img)
             applied = apply_overrides(analysis.router_weights, overrides, self.experts, keep_router)
             t1 = time.perf_counter()
-            oriented = any(w > 0 for e, w in zip(self.experts, applied, strict=True) if e in ORIENTED_EXPERTS)
+            directional = self.model.cfg.oriented
+            oriented = any(w > 0 for e, w in zip(self.experts, applied, strict=True) if e in directional)
             passes = _TRANSFORMS[: min(ensemble, 4) if oriented else ensemble]
             weights = torch.tensor(applied, dtype=torch.float32, device=self.device)
             if merged:

@@ -48,6 +48,25 @@ def test_missing_required_key_and_bad_values() -> None:
         load_config("no-such-model")
 
 
+def test_oriented_experts_default_to_the_known_ones_or_are_listed() -> None:
+    assert load_config("lorair-compact").oriented == {"rain"}
+    assert load_config("lorair-setting1").oriented == {"snow", "rain-fog"}
+    d = _cfg_dict()
+    assert "oriented_experts" not in d  # unstated stays unstated: older checkpoints' configs round-trip
+    d["oriented_experts"] = ["haze"]
+    cfg = config_from_dict(d)
+    assert cfg.oriented == {"haze"} and config_from_dict(json.loads(cfg.to_json())) == cfg
+    d["oriented_experts"] = []
+    assert config_from_dict(d).oriented == frozenset()
+    d["oriented_experts"] = ["snow"]
+    with pytest.raises(ConfigError, match="not experts"):
+        config_from_dict(d)
+    for bad in ("rain", [1], {"rain": True}):
+        d["oriented_experts"] = bad
+        with pytest.raises(ConfigError, match="list of expert names"):
+            config_from_dict(d)
+
+
 def test_topk_softmax_keeps_k_and_sums_to_one() -> None:
     logits = torch.tensor([[2.0, 1.0, 0.5, -1.0], [0.0, 3.0, 2.9, 1.0]])
     w1 = topk_softmax(logits, 1)

@@ -172,6 +172,16 @@ def test_self_ensemble_averages_flipped_and_turned_passes(small_model) -> None:
     assert np.abs(x8.image - plain.image).max() > 1e-3  # the passes really differ
     rainy = r.restore(img, overrides={"rain": 0.5, "noise": 0.5}, ensemble=8)
     assert rainy.ensemble == 4
+    # what is oriented is the model's to say: one that lists no oriented expert turns rain too
+    import dataclasses
+
+    from lorair_desktop.core import LoRAIR
+
+    unoriented = LoRAIR(dataclasses.replace(small_model.cfg, oriented_experts=()))
+    unoriented.load_state_dict(small_model.state_dict())
+    turned = Restorer(unoriented, device="cpu", precision="fp32").restore(
+        img, overrides={"rain": 0.5, "noise": 0.5}, ensemble=8)
+    assert turned.ensemble == 8
     assert 2 in ENSEMBLES and r.restore(img, overrides=mix, ensemble=2).ensemble == 2
     for bad in (0, 3, 16):
         with pytest.raises(LoraIRError, match="ensemble"):
