@@ -23,6 +23,7 @@ from ..core.lora import lora_layers
 from ..core.model import LoRAIR
 from ..errors import LoraIRError
 from ..single_instance import single_instance
+from ..stop_signals import stop_on_signal
 from .dataset import (
     BatchStream,
     ImageBank,
@@ -36,11 +37,11 @@ from .trainer import (
     STAGES,
     StageConfig,
     StageRunner,
+    announce_stop,
     ddp_info,
     load_or_init,
     read_run_info,
     stage_config_dict,
-    stop_on_signal,
     write_run_info,
 )
 
@@ -302,7 +303,7 @@ def run(args: argparse.Namespace) -> int:
     # One trainer per run folder (rank 0 speaks for a DDP run): a second would overwrite the checkpoints.
     with (
         single_instance(run_dir / "train.lock") if rank == 0 else contextlib.nullcontext(True) as mine,
-        stop_on_signal() as stop,
+        stop_on_signal(announce=announce_stop) as stop,
     ):
         if not mine:
             raise LoraIRError(f"another lorair train is training in {run_dir}",

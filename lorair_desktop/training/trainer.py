@@ -15,12 +15,10 @@ import json
 import logging
 import math
 import os
-import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -74,36 +72,9 @@ def psnr(pred: Tensor, target: Tensor) -> Tensor:
     return -10.0 * torch.log10(mse + 1e-10)
 
 
-@contextmanager
-def stop_on_signal() -> Iterator[threading.Event]:
-    """An event the first Ctrl-C (SIGINT), SIGTERM or hang-up (SIGHUP: the terminal closed; SIGBREAK
-    on Windows) sets instead of killing the trainer: the runner then finishes its step, saves a
-    checkpoint and returns, so a stopped run loses nothing and resumes exactly. A second signal aborts
-    at once (the last checkpoint stays). A signal the trainer was started ignoring (`nohup` ignores
-    SIGHUP) stays ignored. Off the main thread, where Python cannot install handlers, the event is
-    returned unhooked."""
-    stop = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-    found = (getattr(signal, n, None) for n in ("SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK"))
-    sigs = [s for s in found if s is not None and signal.getsignal(s) != signal.SIG_IGN]
-    previous = {s: signal.getsignal(s) for s in sigs}
-
-    def handler(signum: int, _frame: object) -> None:
-        if stop.is_set():  # the second time: the user means it
-            raise KeyboardInterrupt
-        stop.set()
-        print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step (again to abort)",
-              file=sys.stderr, flush=True)
-
-    for s in sigs:
-        signal.signal(s, handler)
-    try:
-        yield stop
-    finally:
-        for s in sigs:
-            signal.signal(s, previous[s])
+def announce_stop(name: str) -> None:
+    """What the trainer says on a first stop signal (see stop_signals.stop_on_signal)."""
+    print(f"\n{name}: saving a checkpoint after this step (again to abort)", file=sys.stderr, flush=True)
 
 
 def ddp_info() -> tuple[int, int]:

@@ -1,8 +1,9 @@
 """`lorair worker`: run the background worker until stopped, signalled, or idle.
 
-Lifetime: bind, write the runtime file (0600), serve; on SIGTERM/SIGINT or after `--idle-exit`
-minutes with no request and no job, cancel what runs (reported to long-polling clients), stop
-serving, free the model and remove the runtime file. One worker per runtime folder (a lock file).
+Lifetime: bind, write the runtime file (0600), serve; on SIGTERM, SIGINT or SIGHUP (unless started
+ignoring it, as under nohup; a second signal stops at once) or after `--idle-exit` minutes with no
+request and no job, cancel what runs (reported to long-polling clients), stop serving, free the
+model and remove the runtime file. One worker per runtime folder (a lock file).
 """
 
 from __future__ import annotations
@@ -11,13 +12,11 @@ import argparse
 import logging
 import os
 import secrets
-import signal
 import sys
 import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from ..bridge.protocol import PROTOCOL_VERSION
 from ..bridge.runtime import (
@@ -32,6 +31,7 @@ from ..bridge.runtime import (
 from ..core import DEFAULT_MODEL, LoraIRError
 from ..core.device import DEVICE_CHOICES
 from ..single_instance import single_instance
+from ..stop_signals import stop_on_signal
 from .config import Limits, WorkerConfig
 from .jobs import Scheduler
 from .models import ModelManager
@@ -159,41 +159,45 @@ def serve(cfg: WorkerConfig, stop: threading.Event | None = None) -> int:
         except OSError as exc:
             log.error("cannot listen on %s:%s: %s", cfg.host, cfg.port, exc)
             return EXIT_CONFIG
-        stop = stop or threading.Event()
-        _install_signals(stop)
-        scheduler.start(cfg.model)
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="http", daemon=True)
-        thread.start()
-        pid = os.getpid()
-        client_host = "127.0.0.1" if cfg.host in ("0.0.0.0", "") else ("::1" if cfg.host == "::" else cfg.host)
-        try:
-            write_runtime(
-                RuntimeInfo(server.port, server.token, pid, server.version, PROTOCOL_VERSION, client_host), path
-            )
-            log.info(
-                "worker %s (protocol %d, pid %d) listening on %s:%d, device %s; runtime file %s",
-                server.version,
-                PROTOCOL_VERSION,
-                pid,
-                cfg.host,
-                server.port,
-                models.device,
-                path,
-            )
-            while not stop.wait(0.5):
-                if cfg.idle_exit_s is not None and server.idle_for() > cfg.idle_exit_s:
-                    log.info("idle for %.0f s: exiting", cfg.idle_exit_s)
-                    break
-            log.info("shutting down")
-            scheduler.stop(timeout=60.0)
-            _drain(server, 2.0)  # clients following a job get its cancellation before the port closes
-            server.shutdown()
-            server.server_close()
-            models.unload()
-        finally:
-            remove_runtime(pid, path)
-        log.info("stopped")
-        return EXIT_OK
+        with stop_on_signal(stop, lambda name: log.info("%s: stopping (again to stop at once)", name)) as stop:
+            return _serve_until_stopped(cfg, scheduler, models, server, path, stop)
+
+
+def _serve_until_stopped(cfg: WorkerConfig, scheduler: Scheduler, models: ModelManager, server: WorkerServer,
+                         path: Path, stop: threading.Event) -> int:
+    scheduler.start(cfg.model)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="http", daemon=True)
+    thread.start()
+    pid = os.getpid()
+    client_host = "127.0.0.1" if cfg.host in ("0.0.0.0", "") else ("::1" if cfg.host == "::" else cfg.host)
+    try:
+        write_runtime(
+            RuntimeInfo(server.port, server.token, pid, server.version, PROTOCOL_VERSION, client_host), path
+        )
+        log.info(
+            "worker %s (protocol %d, pid %d) listening on %s:%d, device %s; runtime file %s",
+            server.version,
+            PROTOCOL_VERSION,
+            pid,
+            cfg.host,
+            server.port,
+            models.device,
+            path,
+        )
+        while not stop.wait(0.5):
+            if cfg.idle_exit_s is not None and server.idle_for() > cfg.idle_exit_s:
+                log.info("idle for %.0f s: exiting", cfg.idle_exit_s)
+                break
+        log.info("shutting down")
+        scheduler.stop(timeout=60.0)
+        _drain(server, 2.0)  # clients following a job get its cancellation before the port closes
+        server.shutdown()
+        server.server_close()
+        models.unload()
+    finally:
+        remove_runtime(pid, path)
+    log.info("stopped")
+    return EXIT_OK
 
 
 def _drain(server: WorkerServer, limit: float, quiet: float = 0.3) -> None:
@@ -204,19 +208,6 @@ def _drain(server: WorkerServer, limit: float, quiet: float = 0.3) -> None:
         if server.quiet_for() >= quiet:
             return
         time.sleep(0.02)
-
-
-def _install_signals(stop: threading.Event) -> None:
-    if threading.current_thread() is not threading.main_thread():
-        return  # embedded (tests, benchmarks): the caller stops us through the event
-
-    def handler(signum: int, frame: Any) -> None:
-        stop.set()
-
-    for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGBREAK"):
-        sig = getattr(signal, name, None)
-        if sig is not None:
-            signal.signal(sig, handler)
 
 
 def main(argv: list[str] | None = None) -> int:

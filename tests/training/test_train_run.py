@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from lorair_desktop.cli import main
 from lorair_desktop.core.checkpoint import load_checkpoint
+from lorair_desktop.stop_signals import stop_on_signal
 from lorair_desktop.training import degradations as D
 from lorair_desktop.training import trainer
 
@@ -377,13 +378,13 @@ def test_ctrl_c_saves_and_resumes_exactly(
 def test_a_hang_up_saves_like_ctrl_c_unless_started_under_nohup() -> None:
     """A closed terminal (SIGHUP) stops the run cleanly; `nohup lorair train` keeps ignoring it."""
     before = signal.getsignal(signal.SIGHUP)
-    with trainer.stop_on_signal() as stop:
+    with stop_on_signal() as stop:
         os.kill(os.getpid(), signal.SIGHUP)
         assert stop.wait(2.0)
     assert signal.getsignal(signal.SIGHUP) == before
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        with trainer.stop_on_signal() as stop:
+        with stop_on_signal() as stop:
             assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
             os.kill(os.getpid(), signal.SIGHUP)
             assert not stop.wait(0.2)

@@ -50,13 +50,13 @@ def worker_command(model: Path, *extra: str) -> list[str]:
 class WorkerProc:
     """A worker subprocess in its own runtime folder; always killed at teardown."""
 
-    def __init__(self, model: Path, runtime: Path, *extra: str) -> None:
+    def __init__(self, model: Path, runtime: Path, *extra: str, prefix: tuple[str, ...] = ()) -> None:
         self.runtime = runtime
         self.log_path = runtime.parent / f"{runtime.name}.log"
         env = dict(os.environ, LORAIR_RUNTIME_DIR=str(runtime), PYTHONUNBUFFERED="1")
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                worker_command(model, *extra), env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL
+                [*prefix, *worker_command(model, *extra)], env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL
             )
 
     @property
@@ -97,8 +97,8 @@ def spawn(small_model_path: Path, tmp_path: Path) -> Iterator[Any]:
     """Start extra workers for one test; all are stopped afterwards."""
     procs: list[WorkerProc] = []
 
-    def start(*extra: str, name: str = "rt") -> WorkerProc:
-        w = WorkerProc(small_model_path, tmp_path / f"{name}{len(procs)}", *extra)
+    def start(*extra: str, name: str = "rt", prefix: tuple[str, ...] = ()) -> WorkerProc:
+        w = WorkerProc(small_model_path, tmp_path / f"{name}{len(procs)}", *extra, prefix=prefix)
         procs.append(w)
         return w
 

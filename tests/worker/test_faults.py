@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from shutil import which as shutil_which
 from typing import Any
 
 import numpy as np
@@ -191,6 +192,21 @@ def test_queue_full_then_sigterm_cancels_and_cleans_up(spawn: Any) -> None:
     with pytest.raises(BridgeError) as ei:
         client.status(queued)
     assert ei.value.code == "worker_not_running"
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP") or not shutil_which("nohup"), reason="needs SIGHUP and nohup")
+def test_a_hang_up_stops_the_worker_unless_started_under_nohup(spawn: Any) -> None:
+    """A closed terminal stops a worker started from it cleanly; `nohup lorair worker` keeps running."""
+    hung: WorkerProc = spawn()
+    kept: WorkerProc = spawn(prefix=("nohup",))
+    hung.wait_ready()
+    client = kept.wait_ready()
+    for w in (hung, kept):
+        w.proc.send_signal(signal.SIGHUP)
+    assert hung.proc.wait(30) == 0
+    assert "SIGHUP: stopping" in hung.log() and not runtime_file(hung.runtime).exists()
+    time.sleep(1.0)
+    assert kept.proc.poll() is None and client.info().model.state == "ready"
 
 
 def test_sigkill_mid_job_then_restart_on_demand_then_idle_exit(
