@@ -178,8 +178,10 @@ def bench_backbone(model, repeats: int, side: int = 1024, peer: bool = True, dev
     clock change hits one round of all of them alike and cancels out of that round's ratios."""
     import torch
 
+    from .core.cpu import keep_freed_memory
     from .core.flops import network_flops
 
+    keep_freed_memory()  # as a restore has it, also where the restore rows were skipped
     net = model.net.eval().to(device)
     x = torch.rand(1, 3, side, side, device=device).contiguous(memory_format=torch.channels_last)
     prior = torch.zeros(1, model.cfg.net.prior_dim, device=device)

@@ -49,7 +49,7 @@ _MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc's ceiling for M_MMAP_THRESHOLD on 64-b
 
 
 @functools.cache
-def keep_freed_memory(trim_mb: int = 128) -> bool:
+def keep_freed_memory(trim_mb: int = 2048) -> bool:
     """Let glibc keep freed tensor memory for reuse instead of returning it to the OS at every free.
 
     Each op of a tiled restore allocates a multi-megabyte tensor. By default glibc serves those with
@@ -57,8 +57,10 @@ def keep_freed_memory(trim_mb: int = 128) -> bool:
     faults and ~15 % of a 1 MP restore). Raising the mmap and trim thresholds makes freed blocks
     reusable; the peak footprint is unchanged. The threshold stops at 32 MB, and a 992-px tile's
     full-resolution fp32 tensors are 63 MB: so no mmap() at all (measured on that tile: an add
-    15.4 -> 1.3 ms, the whole network 0.46 -> 0.32 s). What stays mapped after a restore is given
-    back by `release_freed_memory` once the work is done. One arena for all threads: a restore on a worker
+    15.4 -> 1.3 ms, the whole network 0.46 -> 0.32 s). Nor is the heap's top given back while work
+    goes on (a tile's network frees hundreds of MB between ops and would fault them in again: the
+    lite network on that tile 0.28-0.32 -> 0.26 s, and steadier); `release_freed_memory` gives it
+    back once the work is done. One arena for all threads: a restore on a worker
     thread otherwise gets its own arena, whose heaps glibc keeps giving back (measured: ~160-430 k
     faults per three 1 MP restores on a thread vs ~0 on the main thread, 10-20 % slower). Call it
     before threads start (threads that already allocated keep their arena). Returns False where
