@@ -7,10 +7,11 @@ from lorair_desktop.core.nafnet import LayerNorm2d, local_mean
 
 
 def test_local_mean_equals_average_pooling_with_replicated_edges() -> None:
-    x = torch.rand(2, 5, 70, 90)
-    ref = F.pad(F.avg_pool2d(x, (31, 41), stride=1), (20, 20, 15, 15), mode="replicate")
-    assert (local_mean(x, (31, 41)) - ref).abs().max() < 1e-5
-    assert torch.allclose(local_mean(x, (100, 100)), x.mean((-2, -1), keepdim=True))
+    # few channels (cumulative sums) and many on a channels_last tensor (separable pools)
+    for x in (torch.rand(2, 5, 70, 90), torch.rand(1, 64, 70, 90).contiguous(memory_format=torch.channels_last)):
+        ref = F.pad(F.avg_pool2d(x.double(), (31, 41), stride=1), (20, 20, 15, 15), mode="replicate")
+        assert (local_mean(x, (31, 41)) - ref).abs().max() < 1e-5
+        assert torch.allclose(local_mean(x, (100, 100)), x.mean((-2, -1), keepdim=True))
 
 
 def test_layer_norm_matches_definition_in_both_memory_formats() -> None:
