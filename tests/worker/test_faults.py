@@ -209,6 +209,28 @@ def test_a_hang_up_stops_the_worker_unless_started_under_nohup(spawn: Any) -> No
     assert kept.proc.poll() is None and client.info().model.state == "ready"
 
 
+def test_an_idle_worker_gives_a_big_job_s_memory_back(spawn: Any) -> None:
+    """Freed buffers stay for the next job, and go back to the OS once the worker has been idle for
+    RELEASE_AFTER_S (without mmap for big tensors nothing else would give them back)."""
+    import psutil
+
+    from lorair_desktop.worker.jobs import RELEASE_AFTER_S
+
+    w: WorkerProc = spawn()
+    client = w.wait_ready()
+    proc = psutil.Process(w.pid)
+    idle = proc.memory_info().rss
+    side = 1500  # float copies of a 2.25 MP image and the network's tiles: some hundreds of MB
+    img = np.random.default_rng(0).integers(0, 256, (side, side, 4), dtype=np.uint8)
+    client.restore(JobRequest(img.tobytes(), side, side))
+    after_job = proc.memory_info().rss
+    assert after_job - idle > 100 * 2**20, (idle, after_job)  # kept for a next job
+    deadline = time.monotonic() + RELEASE_AFTER_S + 10
+    while proc.memory_info().rss - idle > (after_job - idle) / 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert proc.memory_info().rss - idle <= (after_job - idle) / 2, (idle, after_job, proc.memory_info().rss)
+
+
 def test_sigkill_mid_job_then_restart_on_demand_then_idle_exit(
     small_model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
