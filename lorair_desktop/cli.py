@@ -51,9 +51,17 @@ HELP = {
 }
 
 
-def _progress(done: int, total: int) -> None:
-    if total > 1:
-        print(f"\rrestoring: tile {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
+class _Progress:
+    """Restore progress on stderr where there is some to see: several tiles, or passes of one."""
+
+    def __init__(self) -> None:
+        self.shown = False
+
+    def __call__(self, done: float, total: int) -> None:
+        if total > 1 or done < total or self.shown:
+            self.shown = True
+            print(f"\rrestoring: {100 * done / total:3.0f} % (tile {int(done)}/{total})",
+                  end="" if done < total else "\n", file=sys.stderr, flush=True)
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
@@ -71,7 +79,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     restorer = Restorer(model, device=args.device, precision=args.precision)
     t0 = time.perf_counter()
     tiling = {"tile": args.tile} | ({} if args.overlap is None else {"overlap": args.overlap})
-    res = restorer.restore(img.rgb, overrides, keep, **tiling, progress=None if args.quiet else _progress,
+    res = restorer.restore(img.rgb, overrides, keep, **tiling, progress=None if args.quiet else _Progress(),
                            ensemble=args.ensemble)
     imageio.write_image(dst, res.image, img.alpha, img.bit_depth, img.icc_profile, quality=args.quality,
                         exif=img.exif)

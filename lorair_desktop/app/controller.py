@@ -227,7 +227,7 @@ class RestoreController(QObject):
             pos = st.queue_position or 0
             self.panel.progress.setFormat(f"Queued ({pos} ahead)" if pos else "Queued")
         elif st.tiles > 0:
-            self.panel.set_progress(st.tile, st.tiles, st.eta_s)
+            self.panel.set_progress(st.tile, st.tiles, st.eta_s, st.progress)
 
     def _stale(self, t: Target) -> bool:
         doc, _ = self._target()

@@ -39,6 +39,9 @@ ROUTER_COLOR = QColor(74, 144, 226)
 APPLIED_COLOR = QColor(245, 166, 35)
 
 
+PROGRESS_STEPS = 1000  # the bar's resolution: passes within a tile move it too
+
+
 def format_seconds(s: float) -> str:
     s = max(0, round(s))
     return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
@@ -388,12 +391,14 @@ class RestorePanel(QWidget):
             self.progress.setFormat(text or "Idle")
         self._update_enabled()
 
-    def set_progress(self, done: int, total: int, eta_s: float | None = None) -> None:
-        """Tile `done` of `total`; `eta_s` is the worker's estimate (else one from the pace so far)."""
+    def set_progress(self, done: int, total: int, eta_s: float | None = None, fraction: float | None = None) -> None:
+        """Tile `done` of `total`; `eta_s` is the worker's estimate (else one from the pace so far);
+        `fraction` of the whole, where it runs ahead of whole tiles (a tile of several passes)."""
         if not self._busy or total <= 0:
             return
-        self.progress.setRange(0, total)
-        self.progress.setValue(done)
+        part = done / total if fraction is None else min(1.0, max(fraction, done / total))
+        self.progress.setRange(0, PROGRESS_STEPS)
+        self.progress.setValue(round(part * PROGRESS_STEPS))
         left = eta_s if eta_s is not None else self._eta.seconds_left(done, total)
         eta = f" · about {format_seconds(left)} left" if left is not None and done < total else ""
         self.progress.setFormat(f"Tile {done} of {total}{eta}")

@@ -25,7 +25,9 @@ from .router import quadrant_boxes
 from .routing import apply_overrides
 from .tiling import balanced_length, plan_tiles, tile_profiles
 
-ProgressFn = Callable[[int, int], None]
+# (tiles done, tiles): fractional within a tile that runs several passes (self-ensemble), so a
+# one-tile restore of 8 passes still moves.
+ProgressFn = Callable[[float, int], None]
 CancelFn = Callable[[], bool]
 
 # CPU tiles: the network is memory-bound, so its finest level with NAFBlocks should work in the
@@ -283,10 +285,14 @@ class Restorer:
             return self.model.net(x, prior).float()
 
     def _passes(self, x: torch.Tensor, prior: torch.Tensor, dtype: torch.dtype,
-                passes: tuple[tuple[int, bool], ...], cancel: CancelFn | None) -> torch.Tensor:
-        """The mean of the network's outputs over the (quarter turns, mirrored) copies of x."""
+                passes: tuple[tuple[int, bool], ...], cancel: CancelFn | None,
+                each: Callable[[int], None] | None = None) -> torch.Tensor:
+        """The mean of the network's outputs over the (quarter turns, mirrored) copies of x; `each`
+        hears how many passes are done after every one but the last."""
         acc = None
-        for turns, mirrored in passes:
+        for i, (turns, mirrored) in enumerate(passes):
+            if each is not None and i:
+                each(i)
             if cancel is not None and acc is not None and cancel():
                 raise Cancelled("the restore was cancelled", "")
             t = torch.rot90(x, turns, (-2, -1)) if turns else x
@@ -331,7 +337,11 @@ class Restorer:
                 if self.governor is not None:
                     self.governor.update()
                 x = self._to_tensor(padded_block(img, t.y0, t.x0, t.h, t.w))
-                y = self._passes(x, prior, dtype, passes, cancel)
+                each = None
+                if progress is not None and len(passes) > 1:
+                    def each(k: int, done: int = done) -> None:
+                        progress(done + k / len(passes), len(tiles))
+                y = self._passes(x, prior, dtype, passes, cancel, each)
                 if not torch.isfinite(y).all() and dtype != torch.float32:
                     dtype = torch.float32  # reduced precision overflowed: redo in fp32 from here on
                     y = self._passes(x, prior, dtype, passes, cancel)

@@ -58,6 +58,7 @@ class Job:
     state: str = "queued"
     tile: int = 0
     tiles: int = 0
+    done: float = 0.0  # tiles done, fractional within a tile of several passes
     started: float | None = None
     finished: float | None = None
     error: ErrorInfo | None = None
@@ -236,13 +237,13 @@ class Scheduler:
             if job.state == "queued":
                 pos = sum(isinstance(x, Job) for x in itertools.islice(self._queue, self._index(job)))
             eta = None
-            if job.state == "running" and job.started is not None and job.tile > 0:
-                eta = (now - job.started) * (job.tiles - job.tile) / job.tile
+            if job.state == "running" and job.started is not None and job.done > 0:
+                eta = (now - job.started) * (job.tiles - job.done) / job.done
             end = job.finished if job.finished is not None else now
             return JobStatus(
                 job.id,
                 job.state,
-                job.tile / job.tiles if job.tiles else 0.0,
+                job.done / job.tiles if job.tiles else 0.0,
                 job.tile,
                 job.tiles,
                 pos,
@@ -422,9 +423,9 @@ class Scheduler:
             arr, rgb, mask = self._decode(h, job.payload)
             t1 = time.perf_counter()
 
-            def progress(done: int, total: int) -> None:
+            def progress(done: float, total: int) -> None:
                 with self.cond:
-                    job.tile, job.tiles = done, total
+                    job.done, job.tile, job.tiles = done, int(done), total
                     job.rev += 1
                     self.cond.notify_all()
 

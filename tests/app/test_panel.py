@@ -39,7 +39,11 @@ def test_progress_text_and_busy_state() -> None:
     p.set_busy(True)
     assert not p.restore_button.isEnabled() and p.cancel_button.isEnabled()
     p.set_progress(3, 12, 65.0)
-    assert p.progress.format() == "Tile 3 of 12 · about 1 min 05 s left" and p.progress.value() == 3
+    assert p.progress.format() == "Tile 3 of 12 · about 1 min 05 s left"
+    assert p.progress.value() / p.progress.maximum() == 0.25
+    p.set_progress(0, 1, 30.0, 0.375)  # one tile, 3 of its 8 passes done: the bar moves
+    assert p.progress.format() == "Tile 0 of 1 · about 30 s left"
+    assert p.progress.value() / p.progress.maximum() == 0.375
     p.set_progress(12, 12, 0.0)
     assert p.progress.format() == "Tile 12 of 12"
     p.set_busy(False, "Done")

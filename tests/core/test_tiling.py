@@ -163,8 +163,10 @@ def test_self_ensemble_averages_flipped_and_turned_passes(small_model) -> None:
             out = r.restore(np.ascontiguousarray(v), overrides=mix).image
             out = out[:, ::-1] if mirrored else out
             views.append(np.rot90(out, -turns))
-    x8 = r.restore(img, overrides=mix, ensemble=8)
+    seen: list[tuple[float, int]] = []
+    x8 = r.restore(img, overrides=mix, ensemble=8, progress=lambda done, total: seen.append((done, total)))
     assert x8.ensemble == 8
+    assert seen == [(k / 8, 1) for k in range(1, 9)]  # one tile: its passes move the progress
     # the passes are averaged before the clip to [0, 1]: compare where no single pass was clipped
     inside = np.all((np.array(views) > 0) & (np.array(views) < 1), axis=0)
     assert inside.mean() > 0.5
