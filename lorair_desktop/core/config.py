@@ -49,13 +49,6 @@ class NetConfig:
     tlc: bool = True  # test-time local converter for the channel attention
 
     @property
-    def finest_block_level(self) -> int:
-        """The finest resolution level (0 = full) at which the encoder or decoder holds NAFBlocks."""
-        levels = len(self.enc_blocks)
-        busy = [i for i in range(levels) if self.enc_blocks[i] or self.dec_blocks[levels - 1 - i]]
-        return busy[0] if busy else levels
-
-    @property
     def layout(self) -> str:
         """The network's shape in one line (what its speed depends on, weights aside)."""
         enc, dec = "-".join(map(str, self.enc_blocks)), "-".join(map(str, self.dec_blocks))

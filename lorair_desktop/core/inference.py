@@ -30,16 +30,17 @@ from .tiling import balanced_length, plan_tiles, tile_profiles
 ProgressFn = Callable[[float, int], None]
 CancelFn = Callable[[], bool]
 
-# CPU tiles: the network is memory-bound, so its finest level with NAFBlocks should work in the
-# caches, yet every tile also pays fixed per-op costs, overlap and tiny coarse levels. Interleaved,
-# bf16, 2-core EPYC (s/MP): with full-resolution blocks 384: 0.86, 512: 0.75-0.77, 768: 0.75,
-# 1024: 0.77; without them (finest blocks at 1/2) 384: 0.56, 512: 0.49-0.50, 768: 0.44, 1024: 0.41.
-CPU_TILE = 512  # side at which the full-resolution level is cheapest; doubles per level without blocks
-CPU_TILE_MAX = 1024
+# CPU tiles: bigger tiles pay the fixed per-op costs, the overlap and the tiny coarse levels less
+# often. The fastest side measured here, for both shipped networks (4 MP, bf16, interleaved, 2-core
+# EPYC): compact 0.356 / 0.355 / 0.330 s/MP at 512 / 768 / 1024, lite 0.219 / 0.202 / 0.198 at 768 /
+# 1024 / 1536. (512 px won for compact while big tensors were mmap()ed and page-faulted at every op,
+# see core.cpu.keep_freed_memory.) The memory budget below shrinks it for big photos.
+CPU_TILE = 1024
 CPU_TILE_MIN = 384
 # What a CPU restore may allocate (tile activations, blended rows, the image buffers twice): with
-# torch (~0.5 GB) and the model, a 24 MP photo then peaks under 1 GB (`lorair bench`).
-CPU_BUDGET_MB = 448
+# torch (~0.5 GB) and the model, a 24 MP photo then peaks under 1 GB (`lorair bench`: lite 879 MB,
+# compact 929 MB, both in tiles of 496; at 448 MB compact reached 985 MB).
+CPU_BUDGET_MB = 400
 # Tiled vs whole-image on a real 1 MP photo (shipped model, noise σ25): 68 dB apart at 16 px of
 # overlap, 75 dB at 48 px, identical PSNR to the clean photo. 16 px recomputes 9 % instead of 31 %.
 DEFAULT_OVERLAP = 16
@@ -197,7 +198,7 @@ class Restorer:
         nc = self.model.cfg.net
         bytes_per_value = torch.finfo(self.dtype).bits // 8
         if self.device.type == "cpu" and self.memory_budget_mb is None:
-            tile = min(CPU_TILE_MAX, CPU_TILE << nc.finest_block_level)
+            tile = CPU_TILE
             # Measured forward peaks: 330-390 B/px in bf16, 530-710 in fp32, i.e. ~12 live tensors of
             # `width` channels. The buffers count twice: over many tiles the allocator's kept free
             # blocks grow by about their size (24 MP photos peaked 75-240 MB above what the tile

@@ -113,24 +113,22 @@ def test_balanced_tiles_keep_the_count_and_cover_with_less_overlap() -> None:
     assert balanced_length(300, 384, 16, 16) == 300  # one tile: the whole axis
 
 
-def test_cpu_tiles_grow_when_the_full_resolution_level_holds_no_blocks(small_model) -> None:
+def test_cpu_tiles_are_the_fastest_side_shrunk_to_the_memory_budget(small_model) -> None:
     import dataclasses
 
     from lorair_desktop.core import LoRAIR
     from lorair_desktop.core.inference import CPU_TILE, CPU_TILE_MIN
 
     cfg = small_model.cfg
-    assert cfg.net.finest_block_level == 0
     lite_net = dataclasses.replace(cfg.net, enc_blocks=(0, 1, 1, 2), dec_blocks=(1, 1, 1, 0))
-    assert lite_net.finest_block_level == 1 and lite_net.layout != cfg.net.layout
-    assert dataclasses.replace(cfg.net, dec_blocks=(1, 1, 1, 1), enc_blocks=(0, 1, 1, 2)).finest_block_level == 0
+    assert lite_net.layout != cfg.net.layout
     lite = LoRAIR(dataclasses.replace(cfg, net=lite_net)).eval()
     assert Restorer(small_model, device="cpu", precision="bf16").auto_tile(1000, 1000) == CPU_TILE
-    assert Restorer(lite, device="cpu", precision="bf16").auto_tile(1000, 1000) == 2 * CPU_TILE
+    assert Restorer(lite, device="cpu", precision="bf16").auto_tile(1000, 1000) == CPU_TILE
     # a 24 MP photo's buffers leave less room for the tile (8-bit in and out), down to a floor
     r = Restorer(lite, device="cpu", precision="bf16")
     photo = 2 * 24_000_000 * 3
-    assert CPU_TILE_MIN <= r.auto_tile(4000, 6000, photo) < 2 * CPU_TILE
+    assert CPU_TILE_MIN <= r.auto_tile(4000, 6000, photo) < CPU_TILE
     assert r.auto_tile(4000, 6000, 4 * photo) == CPU_TILE_MIN  # float in and out: over budget already
     assert Restorer(lite, device="cpu", precision="fp32").auto_tile(4000, 6000, photo) < r.auto_tile(4000, 6000, photo)
     # a memory budget still bounds the tile, whatever the network
@@ -138,7 +136,7 @@ def test_cpu_tiles_grow_when_the_full_resolution_level_holds_no_blocks(small_mod
     # and the bigger tile restores the same image as small tiles do (same seams tolerance as above)
     img = _image(272, 336)
     r = Restorer(lite, device="cpu")
-    whole, tiled = r.restore(img, tile=2 * CPU_TILE), r.restore(img, tile=128)
+    whole, tiled = r.restore(img, tile=CPU_TILE), r.restore(img, tile=128)
     assert whole.tiles == 1 and tiled.tiles > 4
     d = np.abs(whole.image - tiled.image).mean(-1)
     assert d.mean() < 2e-4 and d.max() < 5e-3
