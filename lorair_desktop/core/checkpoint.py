@@ -5,8 +5,10 @@ Nothing here unpickles: safetensors holds tensors only, the config travels as JS
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,17 +84,59 @@ def verify_sha256(path: Path, expected: str) -> None:
     _verified[key] = got
 
 
+def _canonical_header(raw: bytes) -> bytes:
+    """A safetensors JSON header with its keys sorted, padded as safetensors pads it (the data
+    section stays 8-byte aligned). safetensors writes the header in hash-map order, which differs
+    between runs, so the same tensors and metadata would hash differently: sorted, a re-export of a
+    run checkpoint (or a re-conversion of the same files) reproduces the sha256."""
+    head = json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":")).encode()
+    return head + b" " * (-len(head) % 8)
+
+
 def _write_canonical(blob: bytes, path: Path) -> None:
-    """Writes a safetensors file with its JSON header's keys sorted. safetensors writes the header in
-    hash-map order, which differs between runs, so the same tensors and metadata would hash differently:
-    sorted, a re-export of a run checkpoint reproduces the shipped sha256."""
+    """Writes the safetensors bytes `blob` to `path` with a canonical header."""
     n = int.from_bytes(blob[:8], "little")
-    head = json.dumps(json.loads(blob[8 : 8 + n]), sort_keys=True, separators=(",", ":")).encode()
-    head += b" " * (-len(head) % 8)  # the data section stays 8-byte aligned, as safetensors pads it
+    head = _canonical_header(blob[8 : 8 + n])
     with open(path, "wb") as f:
         f.write(len(head).to_bytes(8, "little"))
         f.write(head)
         f.write(memoryview(blob)[8 + n :])
+
+
+def canonicalize_file(path: Path) -> None:
+    """Gives a safetensors file written by safetensors itself a canonical header, in place where
+    the length allows (it does: the same JSON, only reordered), else by streaming the data across.
+    For files too big to hold twice in memory (the official Setting I weights)."""
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        head = _canonical_header(f.read(n))
+        if len(head) == n:
+            f.seek(8)
+            f.write(head)
+            return
+    tmp = path.with_name(path.name + ".canonical")
+    with open(path, "rb") as src, open(tmp, "wb") as dst:
+        src.seek(8 + n)
+        dst.write(len(head).to_bytes(8, "little"))
+        dst.write(head)
+        while chunk := src.read(1 << 24):
+            dst.write(chunk)
+    tmp.replace(path)
+
+
+def stamp_time() -> str:
+    """Now in UTC, or the reproducible-builds ``SOURCE_DATE_EPOCH`` when set: the same inputs then
+    give byte-identical weight files (the time is the only thing in them that varies)."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch is None:
+        when = dt.datetime.now(dt.UTC)
+    else:
+        try:
+            when = dt.datetime.fromtimestamp(int(epoch), dt.UTC)
+        except (ValueError, OverflowError, OSError) as exc:
+            raise ConfigError(f"SOURCE_DATE_EPOCH={epoch!r} is not a Unix time in seconds",
+                              "set it to e.g. $(git log -1 --format=%ct), or unset it") from exc
+    return when.isoformat(timespec="seconds")
 
 
 def save_checkpoint(model: LoRAIR, path: Path, half: bool = False, meta: dict[str, str] | None = None) -> str:

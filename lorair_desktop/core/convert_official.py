@@ -16,7 +16,6 @@ model never allocates it. Pure torch + safetensors: no Qt, no network (see core.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import pickle
 import re
 from collections.abc import Callable, Mapping
@@ -27,7 +26,15 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-from .checkpoint import FORMAT, key_problems, record_weights, sha256_file, weights_dir
+from .checkpoint import (
+    FORMAT,
+    canonicalize_file,
+    key_problems,
+    record_weights,
+    sha256_file,
+    stamp_time,
+    weights_dir,
+)
 from .config import ModelConfig, load_config, presets_dir
 from .errors import CheckpointError, ConfigError
 from .model import LoRAIR
@@ -326,7 +333,7 @@ def convert_official(
         "format": FORMAT,
         "config": cfg.to_json(),
         "source": "shallowdream204/LoRA-IR official release (Apache-2.0)",
-        "converted": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "converted": stamp_time(),
         **{f"{role}_file": p.name for role, p in sources.items()},
         **{f"{role}_sha256": sha256_file(p) for role, p in sources.items()},
     }
@@ -336,6 +343,7 @@ def convert_official(
     tmp = final.with_name(f".{final.name}.partial")
     try:
         save_file(clean, str(tmp), metadata=meta)
+        canonicalize_file(tmp)  # the same release files convert to the same sha256
         tmp.replace(final)  # atomic: a crash never leaves half a checkpoint under the real name
     finally:
         tmp.unlink(missing_ok=True)

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +25,14 @@ import cv2
 import numpy as np
 import torch
 
-from ..core.checkpoint import load_checkpoint, record_weights, save_checkpoint, sha256_file, weights_dir
+from ..core.checkpoint import (
+    load_checkpoint,
+    record_weights,
+    save_checkpoint,
+    sha256_file,
+    stamp_time,
+    weights_dir,
+)
 from ..core.config import load_config, presets_dir
 from ..core.inference import Restorer
 from ..core.model import LoRAIR
@@ -89,21 +94,6 @@ def _check_preset(cfg_dict: dict[str, Any], name: str, write_preset: bool) -> Pa
     return path
 
 
-def export_time() -> str:
-    """Now in UTC, or the reproducible-builds ``SOURCE_DATE_EPOCH`` when set: the same run checkpoint
-    then exports to byte-identical weights (the time is the only thing in them that varies)."""
-    epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    if epoch is None:
-        when = dt.datetime.now(dt.UTC)
-    else:
-        try:
-            when = dt.datetime.fromtimestamp(int(epoch), dt.UTC)
-        except (ValueError, OverflowError, OSError) as exc:
-            raise ConfigError(f"SOURCE_DATE_EPOCH={epoch!r} is not a Unix time in seconds",
-                              "set it to e.g. $(git log -1 --format=%ct), or unset it") from exc
-    return when.isoformat(timespec="seconds")
-
-
 def export_model(
     run_checkpoint: Path,
     name: str = "lorair-compact",
@@ -123,7 +113,7 @@ def export_model(
     final = dest_dir / f"{name}.safetensors"
     staging = dest_dir / f".{name}.export.safetensors"
     info = {
-        "exported": export_time(),
+        "exported": stamp_time(),
         "source_sha256": sha256_file(run_checkpoint),
         **(meta or {}),
     }

@@ -52,6 +52,20 @@ def test_shape_mismatch_names_the_key_and_shapes(small_model, tmp_path: Path) ->
     assert "net.ending.conv.bias" in msg
 
 
+@pytest.mark.parametrize("note", ["plain ascii", "non-ASCII →→→→ escaped, the header grows past its padding"])
+def test_canonical_header_in_place_or_streamed(tmp_path: Path, note: str) -> None:
+    """A file safetensors wrote gets sorted header keys; tensors and metadata are unchanged."""
+    tensors = {f"t{i:02d}": torch.full((3, i + 1), float(i)) for i in range(12)}
+    path = tmp_path / "x.safetensors"
+    save_file(tensors, str(path), metadata={"zeta": "1", "alpha": note})
+    ckpt.canonicalize_file(path)
+    raw = path.read_bytes()
+    head = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
+    assert list(head) == sorted(head) and head["__metadata__"] == {"alpha": note, "zeta": "1"}
+    back = load_file(str(path))
+    assert back.keys() == tensors.keys() and all(torch.equal(back[k], v) for k, v in tensors.items())
+
+
 def test_not_a_checkpoint(tmp_path: Path) -> None:
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"\x00" * 100)

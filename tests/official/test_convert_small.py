@@ -178,6 +178,24 @@ def test_bf16_router_is_kept_lossless_and_loads(tmp_path: Path, small_preset_pat
                                router_sd["clip_model.vision_tower.visual_projection.weight"].float().t())
 
 
+def test_the_same_release_files_convert_to_the_same_bytes(tmp_path: Path, small_preset_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """With SOURCE_DATE_EPOCH set, two conversions are byte-identical: a sorted header, a fixed time."""
+    from lorair_desktop.core.checkpoint import sha256_file
+
+    rp, ip = write_official(tmp_path, seed=3)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1764547200")
+    outs = [tmp_path / f"{i}.safetensors" for i in range(2)]
+    for out in outs:
+        assert main(["import-official", "--router", str(rp), "--ir", str(ip), "--preset", str(small_preset_path),
+                     "-o", str(out), "--json"]) == 0
+    assert sha256_file(outs[0]) == sha256_file(outs[1])
+    raw = outs[0].read_bytes()
+    head = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
+    assert list(head) == sorted(head) and head["__metadata__"]["converted"] == "2025-12-01T00:00:00+00:00"
+    assert load_checkpoint(outs[0]).cfg.name  # still a valid checkpoint
+
+
 def test_bad_files_are_clear_errors(tmp_path: Path, small_preset_path: Path, capsys) -> None:
     rp, ip = write_official(tmp_path, seed=2)
     junk = tmp_path / "junk.pth"
