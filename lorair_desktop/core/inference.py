@@ -199,10 +199,10 @@ class Restorer:
         bytes_per_value = torch.finfo(self.dtype).bits // 8
         if self.device.type == "cpu" and self.memory_budget_mb is None:
             tile = CPU_TILE
-            # Measured forward peaks: 330-390 B/px in bf16, 530-710 in fp32, i.e. ~12 live tensors of
-            # `width` channels. The buffers count twice: over many tiles the allocator's kept free
-            # blocks grow by about their size (24 MP photos peaked 75-240 MB above what the tile
-            # and the buffers add up to).
+            # Measured forward peaks on a 1024² tile (bf16 / fp32): lite 318 / 590 B/px, compact 406 /
+            # 814, i.e. ~12 live tensors of `width` channels. The buffers count twice: over many tiles
+            # the allocator's kept free blocks grow by about their size (24 MP photos peaked 75-240 MB
+            # above what the tile and the buffers add up to).
             per_px = 12 * nc.width * bytes_per_value
             budget = CPU_BUDGET_MB * 2**20 - 2 * buffers
             # Float photos of many megapixels exceed the budget by their buffers alone: the floor then
