@@ -224,6 +224,11 @@ def _to_chw(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32))
 
 
+#: Fraction of training crops kept as drawn, without the texture preference (`lorair train --flat-crops`).
+#: Low by default: most of a photo is smooth, and textured crops teach restoration faster.
+FLAT_KEEP_PROB = 0.1
+
+
 class RestorationDataset(Dataset):
     """Map-style dataset of ``(degraded CHW float32, clean CHW float32, label int64)``.
 
@@ -249,7 +254,7 @@ class RestorationDataset(Dataset):
         scale_range: tuple[float, float] = (0.5, 1.0),
         min_texture: float = 0.02,
         texture_retries: int = 10,
-        flat_keep_prob: float = 0.1,
+        flat_keep_prob: float = FLAT_KEEP_PROB,
         weights: Sequence[float] | None = None,
         quantize: bool = True,
         mixed: float = 0.0,

@@ -37,6 +37,7 @@ from ..core.config import load_config, presets_dir
 from ..core.inference import Restorer
 from ..core.model import LoRAIR
 from ..errors import CheckpointError, ConfigError, LoraIRError
+from .dataset import FLAT_KEEP_PROB
 
 __all__ = ["FP16_TOLERANCE", "export_model", "fp16_check", "test_image", "write_model_card"]
 
@@ -246,6 +247,8 @@ def _recipe_section(run: dict[str, Any], run_dir: Path) -> list[str]:
             what += f"; tasks {rc['tasks']}"
         if rc.get("mixed"):
             what += f"; {100 * rc['mixed']:.0f} % of samples with two degradations"
+        if rc.get("flat_crops", FLAT_KEEP_PROB) != FLAT_KEEP_PROB and st != "router":
+            what += f"; {100 * rc['flat_crops']:.0f} % of crops without the texture preference"
         val = [h for h in res.get("history", []) if "val_psnr" in h or "val_acc" in h]
         last = "–"
         if val:

@@ -25,6 +25,7 @@ from ..errors import LoraIRError
 from ..single_instance import single_instance
 from ..stop_signals import stop_on_signal
 from .dataset import (
+    FLAT_KEEP_PROB,
     BatchStream,
     ImageBank,
     RestorationDataset,
@@ -130,6 +131,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "JPEG), which the router learns to route half to each expert; 0 (default) trains on single ones",
     )
     p.add_argument(
+        "--flat-crops",
+        type=float,
+        default=None,
+        metavar="FRACTION",
+        help=f"this fraction of the crops is taken as drawn; the rest prefer textured regions (default "
+        f"{FLAT_KEEP_PROB}); more shows the experts skies and walls, which they should leave alone",
+    )
+    p.add_argument(
         "--time-schedule",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -163,7 +172,7 @@ def parse_tasks(spec: str | None, experts: tuple[str, ...]) -> list[float] | Non
 #: continues as it was started: the same schedule, the same trained parameters (--full), the same data mix.
 OPTION_DEFAULTS: dict[str, object] = {
     "crop": None, "full": False, "bf16": False, "seed": 0, "tasks": None, "crops_per_context": 1, "mixed": 0.0,
-    "time_schedule": False,
+    "flat_crops": FLAT_KEEP_PROB, "time_schedule": False,
 }
 
 
@@ -189,6 +198,8 @@ def stage_options(args: argparse.Namespace, stage: str, recipe: dict | None, sha
         raise LoraIRError("--time-schedule fits the schedule to --minutes", "add --minutes N")
     if not 0.0 <= o.mixed < 1.0:
         raise LoraIRError(f"--mixed is a fraction of the samples, got {o.mixed}", "use e.g. --mixed 0.2")
+    if not 0.0 <= o.flat_crops <= 1.0:
+        raise LoraIRError(f"--flat-crops is a fraction of the crops, got {o.flat_crops}", "use e.g. --flat-crops 0.3")
     return o
 
 
@@ -363,6 +374,7 @@ def run(args: argparse.Namespace) -> int:
                 seed=o.seed + 17 * STAGES.index(st),
                 weights=o.task_weights,
                 mixed=o.mixed,
+                flat_keep_prob=o.flat_crops,
             )
             val = _val_batches(val_bank, cfg.experts, context, o.task_weights)
             # Across processes the batches travel as 8 bits: a quarter of the bytes, the same values.
@@ -375,7 +387,7 @@ def run(args: argparse.Namespace) -> int:
                 continue
             # Per stage, hardware included: a run may move between machines.
             recipe = {**stage_config_dict(sc), "context": context, "crop": None if st == "router" else crop,
-                      "tasks": o.tasks or "all", "mixed": o.mixed, "hardware": hardware}
+                      "tasks": o.tasks or "all", "mixed": o.mixed, "flat_crops": o.flat_crops, "hardware": hardware}
             recipes = {**recipes, st: recipe}
             info({"recipe": recipes})
             t0 = time.monotonic()

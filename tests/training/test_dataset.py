@@ -137,10 +137,16 @@ def test_prefers_textured_crops() -> None:
         bank, names=["noise"], crop_size=32, scale_range=(1, 1), min_texture=0.02, flat_keep_prob=0.0
     )
     lax = DS.RestorationDataset(bank, names=["noise"], crop_size=32, scale_range=(1, 1), min_texture=0.0)
+    # --flat-crops 1: every crop as drawn, whatever the texture threshold
+    flat = DS.RestorationDataset(
+        bank, names=["noise"], crop_size=32, scale_range=(1, 1), min_texture=0.02, flat_keep_prob=1.0
+    )
     picky = np.mean([DS.texture_score(ds.random_crop(ds.rng_for(i))) > 0.02 for i in range(40)])
     plain = np.mean([DS.texture_score(lax.random_crop(lax.rng_for(i))) > 0.02 for i in range(40)])
+    as_drawn = np.mean([DS.texture_score(flat.random_crop(flat.rng_for(i))) > 0.02 for i in range(40)])
     assert picky > 0.9
     assert plain < 0.6
+    assert as_drawn < 0.6
 
 
 def test_texture_score() -> None:

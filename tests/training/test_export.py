@@ -110,7 +110,8 @@ def test_model_card(trained_run: Path, resources: Path, tmp_path: Path) -> None:
     original = run_json.read_text()
     try:
         run = json.loads(original)
-        run["recipe"]["experts"] = {**run["recipe"]["experts"], "full": True, "tasks": "noise,jpeg=2", "mixed": 0.2}
+        run["recipe"]["experts"] = {**run["recipe"]["experts"], "full": True, "tasks": "noise,jpeg=2", "mixed": 0.2,
+                                    "flat_crops": 0.3}
         h200 = {"device": "cuda", "cpu": "Xeon", "cores": 16, "torch_threads": 16, "gpu": "NVIDIA H200",
                 "torch": "2.11"}
         run["recipe"]["base"] = {**run["recipe"]["base"], "time_schedule": True, "minutes": 3.6,
@@ -120,7 +121,7 @@ def test_model_card(trained_run: Path, resources: Path, tmp_path: Path) -> None:
         assert "## Training history\n\n- session 2: base +3000 steps" in card
         # a stage trained on chosen tasks (lorair train --tasks) says so in the recipe
         assert ("LoRA experts + base network (full fine-tuning); tasks noise,jpeg=2; 20 % of samples with two "
-                "degradations |") in card
+                "degradations; 30 % of crops without the texture preference |") in card
         assert card.count("; tasks") == 1
         # a stage on a time schedule states its budget, and several crops per context say how many
         base_row = next(line for line in card.splitlines() if line.startswith("| base |"))

@@ -184,7 +184,7 @@ def test_time_schedule_ends_the_stage_annealed(
     monkeypatch.setattr(trainer, "time", types.SimpleNamespace(monotonic=lambda: float(next(clock))))
     monkeypatch.setattr(trainer.StageRunner, "lr_at", lambda self, *a: seen.append(lr_at(self, *a)) or seen[-1])
     info = train(tiny_config, photo_folder, tmp_path / "run", "base", 100000, "--minutes", "0.5", "--time-schedule",
-                 "--crops-per-context", "2", "--val-every", "100000")
+                 "--crops-per-context", "2", "--flat-crops", "0.5", "--val-every", "100000")
     st = info["stage_base"]
     assert st["done"] and 3 <= st["step"] < 100, st
     # warm-up rises, then the cosine falls to the floor by the end of the time budget, not of the steps
@@ -192,6 +192,7 @@ def test_time_schedule_ends_the_stage_annealed(
     # a stage ended by its schedule is validated at its last step (the model card shows it)
     assert st["history"][-1]["step"] == st["step"] and "val_psnr" in st["history"][-1]
     assert info["recipe"]["base"]["crops_per_context"] == 2 and info["recipe"]["base"]["time_schedule"]
+    assert info["recipe"]["base"]["flat_crops"] == 0.5
     rc = main(["train", "--preset", str(tiny_config), "--stage", "base", "--data", str(photo_folder),
                "--time-schedule", "--run-dir", str(tmp_path / "other")])
     assert rc == 2  # a time schedule needs --minutes
@@ -396,19 +397,24 @@ def test_resume_options_come_from_the_recipe(tmp_path: Path) -> None:
     """Given options win; left out, a resumed stage takes its recorded ones, a new stage the defaults;
     a resumed time schedule keeps its length; a damaged run.json is refused."""
     from lorair_desktop.errors import LoraIRError
+    from lorair_desktop.training.dataset import FLAT_KEEP_PROB
     from lorair_desktop.training.train_cli import add_arguments, stage_options
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     recipe = {"steps": 900, "lr": 2e-4, "full": True, "bf16": True, "tasks": "all", "time_schedule": True,
-              "minutes": 45.5, "mixed": 0.2, "crops_per_context": 2, "seed": 3, "batch": 8}
+              "minutes": 45.5, "mixed": 0.2, "crops_per_context": 2, "seed": 3, "batch": 8, "flat_crops": 0.4}
     o = stage_options(parser.parse_args(["--lr", "1e-4", "--no-bf16"]), "experts", recipe, 1.0)
-    assert (o.lr, o.bf16, o.full, o.steps, o.tasks, o.mixed, o.crops_per_context, o.seed) == (
-        1e-4, False, True, 900, None, 0.2, 2, 3)
+    assert (o.lr, o.bf16, o.full, o.steps, o.tasks, o.mixed, o.crops_per_context, o.seed, o.flat_crops) == (
+        1e-4, False, True, 900, None, 0.2, 2, 3, 0.4)
+    assert "--flat-crops 0.4" in o.restored
     assert o.time_schedule and o.minutes == 45.5 and "--minutes 45.5" in o.restored and "--full" in o.restored
     fresh = stage_options(parser.parse_args([]), "experts", None, 1.0)
     assert (fresh.full, fresh.bf16, fresh.seed, fresh.mixed, fresh.crops_per_context, fresh.restored) == (
         False, False, 0, 0.0, 1, [])
+    assert fresh.flat_crops == FLAT_KEEP_PROB
+    with pytest.raises(LoraIRError, match="--flat-crops"):
+        stage_options(parser.parse_args(["--flat-crops", "1.5"]), "experts", None, 1.0)
     assert stage_options(parser.parse_args(["--minutes", "10"]), "base", recipe, 0.5).minutes == 5.0
     with pytest.raises(LoraIRError, match="--minutes"):
         stage_options(parser.parse_args(["--time-schedule"]), "base", None, 1.0)
