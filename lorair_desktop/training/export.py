@@ -247,7 +247,7 @@ def _recipe_section(run: dict[str, Any], run_dir: Path) -> list[str]:
             what += f"; tasks {rc['tasks']}"
         if rc.get("mixed"):
             what += f"; {100 * rc['mixed']:.0f} % of samples with two degradations"
-        if rc.get("flat_crops", FLAT_KEEP_PROB) != FLAT_KEEP_PROB and st != "router":
+        if rc.get("flat_crops", FLAT_KEEP_PROB) != FLAT_KEEP_PROB:
             what += f"; {100 * rc['flat_crops']:.0f} % of crops without the texture preference"
         val = [h for h in res.get("history", []) if "val_psnr" in h or "val_acc" in h]
         last = "–"

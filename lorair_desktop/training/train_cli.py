@@ -136,7 +136,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="FRACTION",
         help=f"this fraction of the crops is taken as drawn; the rest prefer textured regions (default "
-        f"{FLAT_KEEP_PROB}); more shows the experts skies and walls, which they should leave alone",
+        f"{FLAT_KEEP_PROB}); more shows the router and the experts skies and walls, which they should leave alone",
     )
     p.add_argument(
         "--time-schedule",
