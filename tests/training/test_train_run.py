@@ -183,6 +183,16 @@ def test_time_schedule_ends_the_stage_annealed(
     lr_at = trainer.StageRunner.lr_at
     monkeypatch.setattr(trainer, "time", types.SimpleNamespace(monotonic=lambda: float(next(clock))))
     monkeypatch.setattr(trainer.StageRunner, "lr_at", lambda self, *a: seen.append(lr_at(self, *a)) or seen[-1])
+    from lorair_desktop.training import dataset, train_cli
+
+    datasets: list[dataset.RestorationDataset] = []
+
+    class Recorded(dataset.RestorationDataset):  # the real dataset, remembered: what the stage trained on
+        def __init__(self, *a: object, **kw: object) -> None:
+            super().__init__(*a, **kw)  # type: ignore[arg-type]
+            datasets.append(self)
+
+    monkeypatch.setattr(train_cli, "RestorationDataset", Recorded)
     info = train(tiny_config, photo_folder, tmp_path / "run", "base", 100000, "--minutes", "0.5", "--time-schedule",
                  "--crops-per-context", "2", "--flat-crops", "0.5", "--val-every", "100000")
     st = info["stage_base"]
@@ -193,6 +203,7 @@ def test_time_schedule_ends_the_stage_annealed(
     assert st["history"][-1]["step"] == st["step"] and "val_psnr" in st["history"][-1]
     assert info["recipe"]["base"]["crops_per_context"] == 2 and info["recipe"]["base"]["time_schedule"]
     assert info["recipe"]["base"]["flat_crops"] == 0.5
+    assert [d.flat_keep_prob for d in datasets] == [0.5]  # --flat-crops reached the crops, not only the record
     rc = main(["train", "--preset", str(tiny_config), "--stage", "base", "--data", str(photo_folder),
                "--time-schedule", "--run-dir", str(tmp_path / "other")])
     assert rc == 2  # a time schedule needs --minutes
