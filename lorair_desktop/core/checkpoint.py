@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save
 from .. import DEFAULT_MODEL as DEFAULT_MODEL  # re-exported: core users import it from here
 from .config import ModelConfig, config_from_dict, load_config, resources_dir
 from .errors import CheckpointError, ConfigError, ModelNotFound, ModelNotTrained
-from .model import LoRAIR
+from .model import PROTOTYPES_KEY, LoRAIR
 
 FORMAT = "lorair-1"
 _verified: dict[tuple[str, int, int], str] = {}
@@ -147,6 +147,8 @@ def save_checkpoint(model: LoRAIR, path: Path, half: bool = False, meta: dict[st
         if half and v.is_floating_point():
             v = v.half()
         tensors[k] = v.contiguous()
+    if model.prior_prototypes is not None:
+        tensors[PROTOTYPES_KEY] = model.prior_prototypes.detach().cpu().to(torch.float16 if half else torch.float32)
     metadata = {"format": FORMAT, "config": model.cfg.to_json(), **(meta or {})}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -205,10 +207,27 @@ def load_state_strict(model: LoRAIR, tensors: dict[str, torch.Tensor], source: s
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()}, strict=True)
 
 
+def _prototypes(tensors: dict[str, torch.Tensor], cfg: ModelConfig, source: str) -> torch.Tensor | None:
+    """Takes the optional prototype priors out of `tensors`, checked: (experts, prior_dim), finite."""
+    protos = tensors.pop(PROTOTYPES_KEY, None)
+    if protos is None:
+        return None
+    want = (cfg.num_experts, cfg.net.prior_dim)
+    if tuple(protos.shape) != want or not protos.is_floating_point() or not bool(torch.isfinite(protos).all()):
+        raise CheckpointError(
+            f"{source}: {PROTOTYPES_KEY} must be {want[0]} x {want[1]} finite numbers, got "
+            f"{tuple(protos.shape)} {protos.dtype}",
+            "re-measure them with `python -m lorair_desktop.training.prototypes`, or re-export the model",
+        )
+    return protos.float()
+
+
 def load_checkpoint(path: Path) -> LoRAIR:
     cfg, tensors, _ = read_checkpoint(path)
+    protos = _prototypes(tensors, cfg, path.name)
     model = LoRAIR(cfg)
     load_state_strict(model, tensors, path.name)
+    model.prior_prototypes = protos
     return model.eval()
 
 

@@ -22,7 +22,7 @@ from .errors import Cancelled, ImageError, LoraIRError
 from .model import LoRAIR
 from .precision import fastest_cpu_dtype
 from .router import quadrant_boxes
-from .routing import apply_overrides
+from .routing import apply_overrides, steer_prior
 from .tiling import balanced_length, plan_tiles, tile_profiles
 
 # (tiles done, tiles): fractional within a tile that runs several passes (self-ensemble), so a
@@ -81,6 +81,7 @@ class RestoreResult:
     timings: dict[str, float]
     dtype: str
     ensemble: int = 1  # passes averaged per tile (fewer than asked where an oriented expert is mixed in)
+    prior_steered: bool = False  # a manual mix moved the degradation prior too (routing.steer_prior)
 
 
 PIXEL_DTYPES = (np.float32, np.uint8, np.uint16)
@@ -249,6 +250,10 @@ class Restorer:
             t0 = time.perf_counter()
             analysis = self.analyze(img)
             applied = apply_overrides(analysis.router_weights, overrides, self.experts, keep_router)
+            prior = analysis.prior
+            protos = self.model.prior_prototypes
+            if overrides is not None and protos is not None:
+                prior = steer_prior(prior, analysis.router_weights, applied, protos)
             t1 = time.perf_counter()
             directional = self.model.cfg.oriented
             oriented = any(w > 0 for e, w in zip(self.experts, applied, strict=True) if e in directional)
@@ -261,7 +266,7 @@ class Restorer:
             try:
                 buffers = img.nbytes + h * w * 3 * np.dtype(out_dtype or np.float32).itemsize
                 tile_size = tile or self.auto_tile(h, w, buffers)
-                out, n, used = self._run_tiles(img, analysis.prior, tile_size, overlap, progress, cancel,
+                out, n, used = self._run_tiles(img, prior, tile_size, overlap, progress, cancel,
                                                np.dtype(out_dtype or np.float32), passes)
             finally:
                 self.model.unmerge()
@@ -275,6 +280,7 @@ class Restorer:
             timings={"route_s": t1 - t0, "restore_s": t2 - t1, "total_s": t2 - t0},
             dtype=str(used).replace("torch.", ""),
             ensemble=len(passes),
+            prior_steered=prior is not analysis.prior,
         )
 
     def _forward(self, x: torch.Tensor, prior: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -27,12 +27,22 @@ class ModelDescriptor:
     dtypes: tuple[str, ...] = ("float32", "bfloat16")
 
 
+#: The checkpoint key of the per-expert prototype priors (optional; not part of the state dict).
+PROTOTYPES_KEY = "prior_prototypes"
+
+
 class LoRAIR(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.router = DGRouter(cfg)
         self.net = LoRAIRNet(cfg)
+        # (E, P): the router's mean prior over training crops of each expert's degradation, which
+        # lets a manual expert mix steer the prior too (routing.steer_prior). Measured from data
+        # after the router is trained (training.prototypes), so it stays out of the state dict:
+        # checkpoints without it still load strictly, and manual mixes then leave the prior alone.
+        self.prior_prototypes: Tensor | None
+        self.register_buffer("prior_prototypes", None, persistent=False)
 
     @property
     def experts(self) -> tuple[str, ...]:

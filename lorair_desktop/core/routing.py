@@ -3,6 +3,11 @@
 Auto: keep the top-k logits, softmax over them (the others get 0), as LoRA-IR does.
 Manual: the user's weights, as given, for the experts they name; unnamed experts get 0, or keep the
 router's weight when `keep_router` is set. Weights must be finite and within [0, MAX_WEIGHT].
+
+The network is conditioned on the router's degradation prior as well as on the expert mix, so a
+manual mix alone does not undo a wrong routing: the prior still says what the router saw. Where a
+model carries per-expert prototype priors (the router's mean prior over training crops of each
+degradation), `steer_prior` moves the prior along with the weights (see there).
 """
 
 from __future__ import annotations
@@ -24,6 +29,27 @@ def topk_softmax(logits: Tensor, k: int) -> Tensor:
     idx = logits.topk(k, dim=-1).indices
     masked = torch.full_like(logits, float("-inf")).scatter(-1, idx, logits.gather(-1, idx))
     return masked.softmax(dim=-1)
+
+
+def steer_prior(prior: Tensor, router_weights: Sequence[float], applied: Sequence[float],
+                prototypes: Tensor) -> Tensor:
+    """The image's prior moved from the router's mix of expert prototypes to the applied one:
+    ``prior + (a/Σa − r/Σr) · prototypes``.
+
+    Weights are normalised first, so a weight's size (how strongly an expert acts, which the LoRA
+    scale expresses) does not move the prior; only a change of *which* experts act does. Where the
+    user keeps the router's choice, the prior is unchanged and keeps what the image says about the
+    degradation's strength; where all weights are 0 (the base network alone), it is unchanged too.
+    `prior` is (1, P) (or (P,)), `prototypes` (E, P)."""
+    a = torch.tensor([float(w) for w in applied], dtype=torch.float32)
+    r = torch.tensor([float(w) for w in router_weights], dtype=torch.float32)
+    if a.sum() <= 0 or r.sum() <= 0:
+        return prior
+    shift = a / a.sum() - r / r.sum()
+    if not shift.any():
+        return prior  # the same object: callers can tell that nothing was steered
+    delta = shift.to(prototypes.device) @ prototypes.float()
+    return (prior.float() + delta.reshape(prior.shape)).to(prior.dtype)
 
 
 def validate_overrides(overrides: Mapping[str, object], experts: Sequence[str]) -> dict[str, float]:

@@ -43,6 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile", type=int, default=None, help="force tiled inference with this tile side")
     p.add_argument("--ensemble", type=int, choices=ENSEMBLES, default=1,
                    help="self-ensemble passes per restore, as `lorair restore --ensemble` (that many times slower)")
+    p.add_argument("--forced", action="store_true",
+                   help="also restore every crop with its row's experts forced, as a user's manual mix would")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
@@ -83,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         baselines=args.baselines,
         tile=args.tile,
         ensemble=args.ensemble,
+        forced=args.forced,
     )
     restorer = Restorer(model, device=args.device, precision=args.precision)
     report = evaluate(restorer, bank, settings)

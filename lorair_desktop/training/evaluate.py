@@ -118,6 +118,15 @@ class EvalRow:
     # so the output's exposure is a guess; score it also after matching the clean mean, the
     # "GT-mean" PSNR low-light papers report beside the plain one, to separate guess from restoration.
     exposure_matched: bool = False
+    components: tuple[str, ...] = ()  # a mixed row's degradations
+
+    @property
+    def forced_mix(self) -> dict[str, float]:
+        """The manual expert weights a user who knows the degradation would set: the row's expert at
+        1, or a mixed row's experts in equal shares (as the router learns to route mixed inputs)."""
+        if self.expert is not None:
+            return {self.expert: 1.0}
+        return dict.fromkeys(self.components, 1.0 / len(self.components)) if self.components else {}
 
 
 def _noise_row(sigma: int) -> EvalRow:
@@ -158,6 +167,7 @@ def _mixed_row(names: Sequence[str]) -> EvalRow:
         None,
         lambda x, rng: (D.degrade_mixed(x, names, rng), {}),
         description="training-range parameters of each, applied in physical order (degrade_mixed)",
+        components=tuple(names),
     )
 
 
@@ -195,6 +205,7 @@ class EvalSettings:
     baselines: bool = False
     tile: int | None = None  # force tiled inference with this tile side
     ensemble: int = 1  # self-ensemble passes per restore (see core.inference.ENSEMBLES)
+    forced: bool = False  # also restore every crop with the row's own experts forced (EvalRow.forced_mix)
     rows: Sequence[EvalRow] = EVAL_ROWS + MIXED_ROWS
 
 
@@ -219,6 +230,8 @@ def evaluate_rows(restorer: Restorer, bank: ImageBank, settings: EvalSettings) -
     for row in settings.rows:
         acc: dict[str, dict[str, list[float]]] = {"input": {"psnr": [], "ssim": []}, "model": {"psnr": [], "ssim": []}}
         base: dict[str, list[float]] = {"psnr": [], "ssim": []}
+        mix = {k: v for k, v in row.forced_mix.items() if k in experts} if settings.forced else {}
+        forced: dict[str, list[float]] = {"psnr": [], "ssim": [], "overruled": []}
         routed: dict[str, int] = {}
         exposure: dict[str, list[float]] = {"psnr": [], "clean_mean": [], "model_mean": []}
         t_model = t_base = 0.0
@@ -234,6 +247,11 @@ def evaluate_rows(restorer: Restorer, bank: ImageBank, settings: EvalSettings) -
             for key, img in (("input", deg), ("model", res.image)):
                 acc[key]["psnr"].append(psnr(img, clean))
                 acc[key]["ssim"].append(ssim(img, clean))
+            if mix:
+                res_f = restorer.restore(deg, overrides=mix, tile=settings.tile, ensemble=settings.ensemble)
+                forced["psnr"].append(psnr(res_f.image, clean))
+                forced["ssim"].append(ssim(res_f.image, clean))
+                forced["overruled"].append(float(top not in mix))
             if row.exposure_matched:
                 exposure["psnr"].append(psnr(exposure_matched(res.image, clean), clean))
                 exposure["clean_mean"].append(float(clean.mean()))
@@ -258,6 +276,14 @@ def evaluate_rows(restorer: Restorer, bank: ImageBank, settings: EvalSettings) -
             "worst_gain": min((m - i for m, i in zip(acc["model"]["psnr"], acc["input"]["psnr"], strict=True)),
                               default=None),
         }
+        if forced["psnr"]:
+            entry["forced"] = {
+                "mix": mix,
+                "psnr": _mean(forced["psnr"]),
+                "ssim": _mean(forced["ssim"]),
+                "worst_gain": min(f - i for f, i in zip(forced["psnr"], acc["input"]["psnr"], strict=True)),
+                "overruled": _mean(forced["overruled"]),  # share of crops whose router top-1 the mix drops
+            }
         if exposure["psnr"]:
             entry["exposure_matched"] = {k: _mean(v) for k, v in exposure.items()}
         if base["psnr"]:
@@ -363,6 +389,7 @@ def evaluate(restorer: Restorer, bank: ImageBank, settings: EvalSettings) -> dic
             "router_crops_per_image": settings.router_crops,
             "seed": settings.seed,
             "ensemble": settings.ensemble,
+            "forced": settings.forced,
             "quantized_8bit": True,
         },
         "metrics": {
@@ -412,6 +439,18 @@ def to_markdown(report: dict[str, Any], title: str | None = None) -> str:
         met = "–" if t["met"] is None else ("yes" if t["met"] else "**no**")
         need = f"≥ {t['need']:g} {t['unit']}"
         lines.append(f"| {t['target']} | {v} | {need} | {met} |")
+    forced_rows = [r for r in report["rows"] if r.get("forced")]
+    if forced_rows:
+        lines += ["", "With each row's own experts forced, as a user who knows the degradation would set them "
+                  "(mixed rows: equal shares; the model's prototype priors, where it has them, steer its prior "
+                  "along); \"overruled\": the share of crops whose router top-1 is not in the mix:", "",
+                  "| row | forced mix | model PSNR / SSIM | gain dB | worst crop dB | overruled |",
+                  "|---|---|---:|---:|---:|---:|"]
+        for r in forced_rows:
+            f = r["forced"]
+            mix = ", ".join(f"{k} {v:g}" for k, v in f["mix"].items())
+            lines.append(f"| {r['row']} | {mix} | {_fmt(f)} | {f['psnr'] - r['input']['psnr']:+.2f} | "
+                         f"{f['worst_gain']:+.2f} | {100 * f['overruled']:.0f} % |")
     for r in report["rows"]:
         if r.get("exposure_matched"):
             e = r["exposure_matched"]

@@ -37,7 +37,8 @@ from ..core.config import load_config, presets_dir
 from ..core.inference import Restorer
 from ..core.model import LoRAIR
 from ..errors import CheckpointError, ConfigError, LoraIRError
-from .dataset import FLAT_KEEP_PROB
+from .dataset import FLAT_KEEP_PROB, DatasetError, photo_bank
+from .prototypes import measure_prototypes
 
 __all__ = ["FP16_TOLERANCE", "export_model", "fp16_check", "test_image", "write_model_card"]
 
@@ -95,6 +96,18 @@ def _check_preset(cfg_dict: dict[str, Any], name: str, write_preset: bool) -> Pa
     return path
 
 
+def _measured_prototypes(model: LoRAIR) -> torch.Tensor | None:
+    try:
+        protos = measure_prototypes(model, photo_bank("train"))
+    except DatasetError as exc:
+        protos = None
+        log.warning("%s", exc.message)
+    if protos is None:
+        log.warning("no prototype priors: a manual expert mix will not steer the prior; add them later with "
+                    "`python -m lorair_desktop.training.prototypes MODEL --data DIR`")
+    return protos
+
+
 def export_model(
     run_checkpoint: Path,
     name: str = "lorair-compact",
@@ -107,6 +120,8 @@ def export_model(
     run_checkpoint = Path(run_checkpoint)
     dest_dir = weights_dir() if dest_dir is None else Path(dest_dir)
     model = load_checkpoint(run_checkpoint)
+    if model.prior_prototypes is None:  # a run from before they existed, or stopped in its router stage
+        model.prior_prototypes = _measured_prototypes(model)
     cfg = dataclasses.replace(model.cfg, name=name)
     model.cfg = cfg
     cfg_dict = json.loads(cfg.to_json())
@@ -139,7 +154,8 @@ def export_model(
     mpath = record_weights(name, entry, dest_dir / "manifest.json")
     log.info("exported %s (%.1f MB, sha256 %s…)", final, entry["bytes"] / 2**20, entry["sha256"][:12])
     preset = "existing" if new_preset is None else "written"
-    return {**entry, "path": str(final), "manifest": str(mpath), "preset": preset, "fp16_check": check, **info}
+    return {**entry, "path": str(final), "manifest": str(mpath), "preset": preset, "fp16_check": check,
+            "prototypes": model.prior_prototypes is not None, **info}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -317,6 +333,11 @@ def write_model_card(
     lines += [
         f"- experts: {', '.join(cfg.get('experts', []))} (routed automatically, top-{lora.get('top_k')} softmax; "
         "or mixed by hand with `--experts`)",
+    ]
+    if (weights or {}).get("prototypes"):
+        lines.append("- prototype priors: the router's mean prior over training crops of each degradation, so that "
+                     "a manual mix steers the prior the network is conditioned on too (`core.routing.steer_prior`)")
+    lines += [
         "",
         "## Architecture",
         "",

@@ -34,6 +34,7 @@ from .dataset import (
     build_validation_set,
     photo_bank,
 )
+from .prototypes import measure_prototypes
 from .trainer import (
     STAGES,
     StageConfig,
@@ -245,6 +246,7 @@ def seed_run(run_dir: Path, cfg: ModelConfig, source: Path, seed: int, router_on
         # blocks are numbered from 0 in every level, so the kept ones have the source's names
         theirs = src.state_dict()
         model.load_state_dict({k: theirs[k] for k in model.state_dict()})
+    model.prior_prototypes = src.prior_prototypes  # every branch keeps the source's router, so they hold
     run_dir.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model, run_dir / "model.safetensors")
 
@@ -391,10 +393,15 @@ def run(args: argparse.Namespace) -> int:
             recipes = {**recipes, st: recipe}
             info({"recipe": recipes})
             t0 = time.monotonic()
+            if st == "router":
+                model.prior_prototypes = None  # measured anew below: the router they describe changes
             try:
                 result = runner.run(crop=None if st == "router" else crop)
             finally:
                 stream.close()
+            if st == "router" and rank == 0 and not result["interrupted"]:  # a stop request stops now
+                model.prior_prototypes = measure_prototypes(model, train_bank)
+                save_checkpoint(model, run_dir / "model.safetensors")
             result["wall_s"] = time.monotonic() - t0
             result["wall_s_total"] = runner.wall_s  # all sessions of this stage (kept in its state file)
             result["history"] = runner.history[-20:]

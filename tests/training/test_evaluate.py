@@ -126,6 +126,24 @@ def test_eval_cli_quick(small_model_path: Path, photo_folder: Path, tmp_path: Pa
     assert report["model"]["sha256"] and report["hardware"]["cores"] >= 1
 
 
+def test_eval_forced_restores_each_row_with_its_own_experts(small_model_path: Path, photo_folder: Path,
+                                                           tmp_path: Path) -> None:
+    report = run_eval(small_model_path, photo_folder, tmp_path / "ev", "--images", "2", "--router-crops", "1",
+                      "--forced")
+    assert report["data"]["forced"] is True
+    by = {r["row"]: r for r in report["rows"]}
+    assert by["jpeg q30"]["forced"]["mix"] == {"jpeg": 1.0}
+    assert by["blur+jpeg"]["forced"]["mix"] == {"blur": 0.5, "jpeg": 0.5}
+    for r in report["rows"]:
+        f = r["forced"]
+        assert np.isfinite(f["psnr"]) and 0 < f["ssim"] <= 1
+        assert f["worst_gain"] <= f["psnr"] - r["input"]["psnr"] + 1e-9
+        assert 0 <= f["overruled"] <= 1
+    assert by["jpeg q30"]["forced"]["overruled"] == 1 - by["jpeg q30"]["routed"].get("jpeg", 0) / 2
+    md = (tmp_path / "ev" / "eval.md").read_text()
+    assert "| forced mix |" in md and "| blur+jpeg | blur 0.5, jpeg 0.5 |" in md
+
+
 def test_eval_cli_baselines(small_model_path: Path, photo_folder: Path, tmp_path: Path) -> None:
     report = run_eval(small_model_path, photo_folder, tmp_path / "ev", "--images", "1", "--baselines",
                       "--router-crops", "1")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lorair_desktop.cli import main
-from lorair_desktop.core.checkpoint import load_model, read_checkpoint, resolve_model, sha256_file
+from lorair_desktop.core.checkpoint import load_checkpoint, load_model, read_checkpoint, resolve_model, sha256_file
 from lorair_desktop.core.config import resources_dir
 from lorair_desktop.errors import ConfigError
 from lorair_desktop.training import export as E
@@ -99,8 +99,10 @@ def test_model_card(trained_run: Path, resources: Path, tmp_path: Path) -> None:
     res = E.export_model(trained_run / "model.safetensors", "lorair-test-tiny")
     card = E.write_model_card(trained_run, trained_run / "eval", tmp_path / "card.md", res).read_text()
     for needle in ("# Model card: lorair-test-tiny", res["sha256"], "## Data", "## Recipe", "## Hardware",
-                   "## Validation", "| noise σ25 |", "| router | router", "20 / 20", "custom folder"):
+                   "## Validation", "| noise σ25 |", "| router | router", "20 / 20", "custom folder",
+                   "- prototype priors:"):
         assert needle in card, needle
+    assert res["prototypes"] and load_checkpoint(Path(res["path"])).prior_prototypes is not None  # from the run
     assert "img" in card  # image names of the run
     assert "## Training history" not in card
     # without an evaluation the card says so

@@ -107,6 +107,10 @@ def test_router_learns_noise_vs_haze(tiny_config: Path, photo_folder: Path, tmp_
                 correct += int(model.route(x).logits.argmax(-1).item() == label)
                 total += 1
     assert correct / total >= 0.9, f"{correct}/{total}"
+    # the router stage ends by measuring its prototype priors: one per expert, told apart
+    protos = model.prior_prototypes
+    assert protos is not None and protos.shape == (2, model.cfg.net.prior_dim)
+    assert (protos[0] - protos[1]).abs().max() > 1e-3
 
 
 def test_router_from_seeds_a_new_run(tiny_config: Path, photo_folder: Path, tmp_path: Path) -> None:
@@ -117,6 +121,7 @@ def test_router_from_seeds_a_new_run(tiny_config: Path, photo_folder: Path, tmp_
     got = load_file(str(tmp_path / "single" / "model.safetensors"))
     router = [k for k in src if k.startswith("router.")]
     assert router and all(torch.equal(src[k], got[k]) for k in router)
+    assert torch.equal(src["prior_prototypes"], got["prior_prototypes"])  # the same router: its prototypes
     assert not (tmp_path / "single" / "state-router.pt").exists()
     assert info["stage_base"]["done"] and info["stage_experts"]["done"]
     assert info["recipe"]["base"]["tasks"] == "noise" and "stage_router" not in info
