@@ -282,8 +282,11 @@ def _recipe_section(run: dict[str, Any], run_dir: Path) -> list[str]:
         if final is None:
             losses = [h["loss"] for h in res.get("history", []) if "loss" in h]
             final = float(np.mean(losses[-3:])) if losses else None
+        stage_loss = loss[st]
+        if st == "router" and rc.get("anchor_prior"):
+            stage_loss += " + squared distance to the anchored prior (training.anchor; BatchNorm frozen)"
         lines.append(
-            f"| {st} | {what} | {loss[st]} | {steps} | {rc.get('batch')} | "
+            f"| {st} | {what} | {stage_loss} | {steps} | {rc.get('batch')} | "
             f"{rc.get('lr'):g} → {rc.get('min_lr', 1e-5):g} | {crop} / {rc.get('context')} | "
             f"{'yes' if rc.get('bf16') else 'no'} | {_fmt_minutes(wall)} | "
             f"{'–' if final is None else f'{final:.4f}'} | {last} |"

@@ -140,6 +140,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         f"{FLAT_KEEP_PROB}); more shows the router and the experts skies and walls, which they should leave alone",
     )
     p.add_argument(
+        "--anchor-prior",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="router stage of a trained model: teach the router only where it routes wrong, toward the prior "
+        "a manual mix steers to, so the network needs no retraining after it (see training.anchor)",
+    )
+    p.add_argument(
         "--time-schedule",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -173,7 +180,7 @@ def parse_tasks(spec: str | None, experts: tuple[str, ...]) -> list[float] | Non
 #: continues as it was started: the same schedule, the same trained parameters (--full), the same data mix.
 OPTION_DEFAULTS: dict[str, object] = {
     "crop": None, "full": False, "bf16": False, "seed": 0, "tasks": None, "crops_per_context": 1, "mixed": 0.0,
-    "flat_crops": FLAT_KEEP_PROB, "time_schedule": False,
+    "flat_crops": FLAT_KEEP_PROB, "time_schedule": False, "anchor_prior": False,
 }
 
 
@@ -367,6 +374,7 @@ def run(args: argparse.Namespace) -> int:
                 val_every=args.val_every,
                 time_schedule=o.time_schedule,
                 crops_per_context=o.crops_per_context,
+                anchor_prior=o.anchor_prior and st == "router",
             )
             ds = RestorationDataset(
                 train_bank,

@@ -1,6 +1,7 @@
 """The three LoRA-IR training steps, resumable, on CPU, CUDA or several GPUs (torchrun).
 
-- router:  the DG-Router as a degradation classifier (cross-entropy) on 5-view inputs;
+- router:  the DG-Router as a degradation classifier (cross-entropy) on 5-view inputs; with
+           `anchor_prior`, also held to the prior the network knows (training.anchor);
 - base:    Stage 1, the network with the router's prior (router frozen), PSNR loss;
 - experts: Stage 2, the LoRA experts mixed by the router's weights, base frozen (or all, --full).
 
@@ -33,6 +34,7 @@ from ..core.config import ModelConfig
 from ..core.model import LoRAIR
 from ..core.routing import topk_softmax
 from ..errors import LoraIRError
+from .anchor import PriorAnchor
 from .dataset import to_float
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,7 @@ class StageConfig:
     clip: float = 1.0
     crops_per_context: int = 1  # network crops cut from each router context (same prior for each)
     full: bool = False  # experts stage: fine-tune the base too
+    anchor_prior: bool = False  # router stage: keep the prior the network knows (training.anchor)
     bf16: bool = False
     ckpt_every_s: float = 120.0
     val_every: int = 500
@@ -126,6 +129,8 @@ class StageRunner:
         self._t_session: float | None = None
         self.data_wait_s = 0.0  # this session's time spent waiting for batches
         self.state_path = run_dir / f"state-{sc.stage}.pt"
+        self.anchor: PriorAnchor | None = None
+        self._prototypes = model.prior_prototypes  # the router's as the stage finds it (for an anchor)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed training shapes: pick the fastest kernels once
         # The module whose forward trains: the router alone in its stage, else the whole model. DDP must
@@ -210,7 +215,8 @@ class StageRunner:
     def loss_on(self, deg: Tensor, clean: Tensor, labels: Tensor, crop: int | None) -> Tensor:
         st = self.sc.stage
         if st == "router":
-            return F.cross_entropy(self.ddp_model(deg).logits, labels)
+            out = self.ddp_model(deg)
+            return self.anchor.loss(out, deg, labels) if self.anchor else F.cross_entropy(out.logits, labels)
         prior, mix = self._prior_and_mix(deg)
         if crop and deg.shape[-1] > crop:
             # The router sees the whole context crop; the network trains on random sub-crops of it,
@@ -226,9 +232,11 @@ class StageRunner:
 
     def run(self, crop: int | None = None, log_every: int = 20) -> dict:
         sc = self.sc
+        if sc.stage == "router" and sc.anchor_prior and self.anchor is None:
+            self.anchor = PriorAnchor.for_run(self.run_dir, self.model, self._prototypes)
         self.model.train()
-        if sc.stage != "router":
-            self.model.router.eval()  # frozen router: BatchNorm statistics stay put
+        if sc.stage != "router" or self.anchor:
+            self.model.router.eval()  # frozen router, or anchored: BatchNorm statistics stay put
         t_start = time.monotonic()
         t_ckpt = t_start
         self._t_session = t_start
@@ -344,7 +352,7 @@ class StageRunner:
             return {"val_psnr": float(np.mean(vals))}
         finally:
             self.model.train(was)
-            if self.sc.stage != "router":
+            if self.sc.stage != "router" or self.anchor:
                 self.model.router.eval()
 
 
