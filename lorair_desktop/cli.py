@@ -86,11 +86,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"output": str(dst), "router_weights": res.router_weights,
                           "applied_weights": res.applied_weights, "tiles": res.tiles, "timings": res.timings,
-                          "ensemble": res.ensemble, "device": str(restorer.device)}, indent=2))
+                          "ensemble": res.ensemble, "prior_steered": res.prior_steered,
+                          "device": str(restorer.device)}, indent=2))
     elif not args.quiet:
         applied = ", ".join(f"{k} {v:.2f}" for k, v in res.applied_weights.items() if v > 0) or "none (base network)"
         passes = f" x{res.ensemble} passes" if res.ensemble > 1 else ""
-        print(f"{dst}: applied {applied}; {res.tiles} tile(s){passes} on {restorer.device}, "
+        steered = " (the prior steered to this mix)" if res.prior_steered else ""
+        print(f"{dst}: applied {applied}{steered}; {res.tiles} tile(s){passes} on {restorer.device}, "
               f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return 0
 

@@ -37,6 +37,7 @@ def test_restore_png_reports_weights_and_keeps_input(small_model_path, tmp_path,
     info = json.loads(out)
     assert set(info["router_weights"]) == {"noise", "blur", "jpeg", "rain", "haze", "low-light"}
     assert info["applied_weights"] == info["router_weights"]
+    assert info["prior_steered"] is False  # auto: the router's own prior
     assert _sha(src) == before
     assert Image.open(dst).size == (56, 40)
 
@@ -49,6 +50,17 @@ def test_manual_experts_reach_the_model(small_model_path, tmp_path, capsys) -> N
     assert rc == 0
     applied = json.loads(out)["applied_weights"]
     assert applied == {"noise": 0.8, "blur": 0.0, "jpeg": 0.3, "rain": 0.0, "haze": 0.0, "low-light": 0.0}
+    assert json.loads(out)["prior_steered"] is False  # this test model has no prototype priors to steer with
+
+
+def test_a_manual_mix_steers_the_shipped_models_prior(tmp_path, capsys) -> None:
+    src = tmp_path / "in.png"
+    Image.fromarray(_rgb()).save(src)
+    args = ["restore", str(src), "--model", "lorair-lite", "--experts"]
+    rc, out, err = _run([*args, "haze=1,rain=1", "-o", str(tmp_path / "a.png")], capsys)
+    assert rc == 0 and "(the prior steered to this mix)" in err
+    rc, out, _ = _run([*args, "auto", "--json", "-o", str(tmp_path / "b.png")], capsys)
+    assert rc == 0 and json.loads(out)["prior_steered"] is False
 
 
 def test_ensemble_passes_and_rain_keeps_to_four(small_model_path, tmp_path, capsys) -> None:
