@@ -144,3 +144,26 @@ def test_export_cli(trained_run: Path, resources: Path, capsys: pytest.CaptureFi
     assert "sha256" in out and "fp16 vs fp32" in out
     assert (resources / "weights" / "lorair-test-tiny.md").is_file()
     assert E.main([str(trained_run / "model.safetensors"), "--name", "lorair-compact"]) == 2
+
+
+def test_export_measures_prototypes_a_run_lacks(trained_run: Path, resources: Path, photo_folder: Path,
+                                                tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    from lorair_desktop.core.checkpoint import save_checkpoint
+    from lorair_desktop.training.dataset import DatasetError, ImageBank
+
+    old = load_checkpoint(trained_run / "model.safetensors")
+    old.prior_prototypes = None  # a run from before prototypes existed
+    src = tmp_path / "old-run" / "model.safetensors"
+    save_checkpoint(old, src)
+    monkeypatch.setattr(E, "photo_bank", lambda split: ImageBank.from_folder(photo_folder, split))
+    res = E.export_model(src, "lorair-test-tiny")
+    assert res["prototypes"] and load_checkpoint(Path(res["path"])).prior_prototypes is not None
+
+    def no_photos(split: str) -> ImageBank:
+        raise DatasetError("the training photos are not in /nowhere")
+
+    monkeypatch.setattr(E, "photo_bank", no_photos)  # without photos: exported, with a warning saying so
+    res = E.export_model(src, "lorair-test-tiny")
+    assert not res["prototypes"] and load_checkpoint(Path(res["path"])).prior_prototypes is None
+    assert "will not steer the prior" in caplog.text
