@@ -96,3 +96,18 @@ def test_forcing_jpeg_on_a_compressed_sky_restores_it_as_jpeg(shipped: tuple[str
     assert res.applied_weights["jpeg"] == 1.0
     assert abs(float(res.image.mean()) - float(deg.mean())) < 0.01
     assert psnr(res.image, clean) > psnr(deg, clean) - 0.5
+
+
+def test_auto_leaves_a_compressed_sky_bright(shipped: tuple[str, Path]) -> None:
+    """A pale sky is what haze looks like, and the routers the models first shipped with sent this one
+    95 % to haze, which halved its brightness (lorair-lite: 6.2 dB against the input's 33.7). The
+    router fine-tuned with --anchor-prior routes it mostly to jpeg and keeps it as it was."""
+    from lorair_desktop.core import Restorer, load_model
+    from lorair_desktop.training.degradations import jpeg, quantize8
+    from lorair_desktop.training.evaluate import psnr
+
+    clean = pale_sky()
+    deg = quantize8(jpeg(clean, 10))
+    res = Restorer(load_model(shipped[0]), device="cpu", precision="fp32").restore(deg)
+    assert abs(float(res.image.mean()) - float(deg.mean())) < 0.01
+    assert psnr(res.image, clean) > psnr(deg, clean) - 0.5
