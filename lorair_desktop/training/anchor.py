@@ -48,8 +48,9 @@ class PriorAnchor:
         self.top_k = top_k
 
     @classmethod
-    def for_run(cls, run_dir: Path, model: LoRAIR, prototypes: Tensor | None) -> PriorAnchor:
-        """The run's anchor: read back on a resume, else made from ``model``'s router now and saved."""
+    def for_run(cls, run_dir: Path, model: LoRAIR, prototypes: Tensor | None, save: bool = True) -> PriorAnchor:
+        """The run's anchor: read back on a resume, else made from ``model``'s router now and saved
+        (by one process only under DDP: ``save``; the others start from the same weights)."""
         path = run_dir / ANCHOR_FILE
         device = next(model.router.parameters()).device
         if path.is_file():
@@ -61,6 +62,8 @@ class PriorAnchor:
                 "with `python -m lorair_desktop.training.prototypes RUN/model.safetensors`",
             )
         anchor = cls(copy.deepcopy(model.router), prototypes.to(device), model.cfg.lora.top_k)
+        if not save:
+            return anchor
         tensors = {f"router.{k}": v.detach().cpu().contiguous() for k, v in anchor.router.state_dict().items()}
         tensors[PROTOTYPES_KEY] = anchor.prototypes.cpu().contiguous()
         tmp = path.with_name(path.name + ".tmp")

@@ -233,7 +233,7 @@ class StageRunner:
     def run(self, crop: int | None = None, log_every: int = 20) -> dict:
         sc = self.sc
         if sc.stage == "router" and sc.anchor_prior and self.anchor is None:
-            self.anchor = PriorAnchor.for_run(self.run_dir, self.model, self._prototypes)
+            self.anchor = PriorAnchor.for_run(self.run_dir, self.model, self._prototypes, save=self.rank == 0)
         self.model.train()
         if sc.stage != "router" or self.anchor:
             self.model.router.eval()  # frozen router, or anchored: BatchNorm statistics stay put
