@@ -222,13 +222,19 @@ def _prototypes(tensors: dict[str, torch.Tensor], cfg: ModelConfig, source: str)
     return protos.float()
 
 
-def load_checkpoint(path: Path) -> LoRAIR:
-    cfg, tensors, _ = read_checkpoint(path)
-    protos = _prototypes(tensors, cfg, path.name)
+def model_from_tensors(cfg: ModelConfig, tensors: dict[str, torch.Tensor], source: str) -> LoRAIR:
+    """The model that `read_checkpoint`'s config and tensors describe, checked key for key."""
+    tensors = dict(tensors)  # the prototypes come out of it: the caller's dict stays as read
+    protos = _prototypes(tensors, cfg, source)
     model = LoRAIR(cfg)
-    load_state_strict(model, tensors, path.name)
+    load_state_strict(model, tensors, source)
     model.prior_prototypes = protos
     return model.eval()
+
+
+def load_checkpoint(path: Path) -> LoRAIR:
+    cfg, tensors, _ = read_checkpoint(path)
+    return model_from_tensors(cfg, tensors, path.name)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ adds them in place (atomically; the manifest's sha256 is updated where the file 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 
 from ..core.checkpoint import (
-    load_checkpoint,
+    model_from_tensors,
     read_checkpoint,
     read_manifest,
     record_weights,
@@ -38,8 +37,6 @@ from ..core.model import LoRAIR
 from ..errors import LoraIRError
 from .dataset import ImageBank, build_validation_set, photo_bank
 from .degradations import DEGRADATIONS
-
-log = logging.getLogger(__name__)
 
 CROP = 256  # the router's training context
 CROPS_PER_IMAGE = 2
@@ -77,9 +74,9 @@ def measure_prototypes(model: LoRAIR, bank: ImageBank, crops_per_image: int = CR
 
 def add_to_checkpoint(path: Path, bank: ImageBank) -> str:
     """Measure ``path``'s prototypes and write them into it in place; returns the new sha256."""
-    _, tensors, meta = read_checkpoint(path)
+    cfg, tensors, meta = read_checkpoint(path)
     half = any(v.dtype == torch.float16 for v in tensors.values())
-    model = load_checkpoint(path)
+    model = model_from_tensors(cfg, tensors, path.name)
     protos = measure_prototypes(model, bank)
     if protos is None:
         raise LoraIRError(f"{path.name}: prototypes need a synthesiser for every expert",
