@@ -34,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--setting1", type=float, default=None, metavar="MEGAPIXELS",
                    help="only this: the full-size Setting I model on a photo this large (24 = a 24 MP photo), "
                         "seconds per megapixel and peak memory (random weights unless installed)")
+    p.add_argument("--compile", action="store_true",
+                   help="also time torch.compile of the network, weights as inputs and frozen (adds a few "
+                        "minutes on a laptop CPU: it compiles twice)")
 
 
 def _synced(fn: Callable[[], object], device: str) -> Callable[[], object]:
@@ -317,6 +320,10 @@ def run(args: argparse.Namespace) -> int:
     # a tile is cheap next to a restore: more rounds, since the peer ratio is what is read from them
     report["backbone"] = bench_backbone(model, args.repeats or (8 if args.quick else 12), side=side,
                                         peer="peer" not in skip, device=device)
+    if args.compile:
+        from .bench_compile import bench_compile
+
+        report["compile"] = bench_compile(model, device, side=side, repeats=args.repeats or (3 if args.quick else 5))
     if "gemm" not in skip:
         report["gemm_peak"] = bench_gemm(device=device)
     if "memory" not in skip:
@@ -355,6 +362,10 @@ def format_report(rep: dict) -> str:
         vs_peer = f"  x{r['ratio_to_peer']:.2f} of the peer" if "ratio_to_peer" in r else ""
         lines.append(f"  {r['variant']:<42} {r['seconds']:7.3f} s  x{r['ratio_to_plain']:.2f} of plain{vs_peer}  "
                      f"{r['gflops_per_s']:6.1f} GFLOP/s{frac}")
+    if "compile" in rep:
+        from .bench_compile import format_compile
+
+        lines.extend(format_compile(rep["compile"]))
     if gemm:
         lines.append(f"\nGEMM peak on {b0.get('device', 'cpu')}: fp32 {gemm['fp32']['gflops_per_s']:.0f} GFLOP/s, "
                      f"bf16 {gemm['bf16']['gflops_per_s']:.0f} GFLOP/s")

@@ -97,3 +97,24 @@ def test_backbone_bench_sets_ours_beside_the_peer_and_puts_the_network_back(smal
     assert {PEER, BARE} <= rows.keys()
     assert rows[PEER]["ratio_to_peer"] == 1.0 and rows["plain backbone (no experts)"]["ratio_to_plain"] == 1.0
     assert all(len(r["samples"]) == 2 and r["ratio_to_peer"] > 0 for r in rows.values())
+
+
+@pytest.mark.slow
+def test_bench_compile_matches_eager_and_keeps_the_mix_an_input(small_model) -> None:
+    """The compiled network computes the eager one's image (fp32: to ~1e-6), and only the frozen
+    variant compiles again when the expert mix changes: the design fact its report row states."""
+    from lorair_desktop.bench_compile import bench_compile, format_compile
+    from lorair_desktop.core.lora import lora_layers
+
+    rows = bench_compile(small_model, "cpu", side=64, repeats=1)
+    by_name = {r["variant"]: r for r in rows}
+    assert set(by_name) == {"compiled", "compiled, weights frozen"}
+    for r in rows:
+        assert "error" not in r, r
+        assert r["dtype"] == "float32"  # the tiny model's automatic precision here
+        assert r["max_abs_diff"] < 1e-4 and r["new_mix_max_abs_diff"] < 1e-4
+        assert r["first_call_s"] > 0 and len(r["samples"]) == 1
+    assert not by_name["compiled"]["recompiled_for_new_mix"]
+    assert by_name["compiled, weights frozen"]["recompiled_for_new_mix"]
+    assert not any(layer.merged for layer in lora_layers(small_model.net))  # handed back unmerged
+    assert "compiling" in "\n".join(format_compile(rows))
