@@ -179,6 +179,19 @@ def read_checkpoint(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], d
     return cfg, tensors, meta
 
 
+def rewrite_checkpoint(model: LoRAIR, path: Path, meta: dict[str, str]) -> str:
+    """Write ``model`` over the checkpoint at ``path`` in its own storage precision (fp16 stays
+    fp16), with ``meta`` (its metadata as read) kept, atomically; where ``path`` is a manifest entry
+    (a shipped or installed model) its sha256 and size there are updated. Returns the new sha256."""
+    half = any(v.dtype == torch.float16 for v in load_file(str(path)).values())
+    extra = {k: v for k, v in meta.items() if k not in ("format", "config")}
+    sha = save_checkpoint(model, path, half=half, meta=extra)
+    for name, entry in read_manifest().items():
+        if (weights_dir() / entry.get("file", "")).resolve() == path.resolve():
+            record_weights(name, {**entry, "sha256": sha, "bytes": path.stat().st_size})
+    return sha
+
+
 def key_problems(expected: Mapping[str, tuple[int, ...]], got: Mapping[str, tuple[int, ...]],
                  name: Callable[[str], str] = str, limit: int = 5) -> list[str]:
     """Missing, unexpected and mis-shaped keys, each named (through `name`) with both shapes."""

@@ -25,14 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.checkpoint import (
-    model_from_tensors,
-    read_checkpoint,
-    read_manifest,
-    record_weights,
-    save_checkpoint,
-    weights_dir,
-)
+from ..core.checkpoint import model_from_tensors, read_checkpoint, rewrite_checkpoint
 from ..core.model import LoRAIR
 from ..errors import LoraIRError
 from .dataset import ImageBank, build_validation_set, photo_bank
@@ -75,19 +68,13 @@ def measure_prototypes(model: LoRAIR, bank: ImageBank, crops_per_image: int = CR
 def add_to_checkpoint(path: Path, bank: ImageBank) -> str:
     """Measure ``path``'s prototypes and write them into it in place; returns the new sha256."""
     cfg, tensors, meta = read_checkpoint(path)
-    half = any(v.dtype == torch.float16 for v in tensors.values())
     model = model_from_tensors(cfg, tensors, path.name)
     protos = measure_prototypes(model, bank)
     if protos is None:
         raise LoraIRError(f"{path.name}: prototypes need a synthesiser for every expert",
                           f"this model's experts are {', '.join(model.experts)}; known: {', '.join(DEGRADATIONS)}")
     model.prior_prototypes = protos
-    extra = {k: v for k, v in meta.items() if k not in ("format", "config")}
-    sha = save_checkpoint(model, path, half=half, meta=extra)
-    for name, entry in read_manifest().items():  # a shipped/installed model: keep its manifest true
-        if (weights_dir() / entry.get("file", "")).resolve() == path.resolve():
-            record_weights(name, {**entry, "sha256": sha, "bytes": path.stat().st_size})
-    return sha
+    return rewrite_checkpoint(model, path, meta)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
