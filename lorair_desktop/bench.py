@@ -173,9 +173,11 @@ PEER = "spandrel NAFNet (peer, same config)"
 BARE = "ours as the peer computes (no DAM, no TLC)"
 
 
-def bench_backbone(model, repeats: int, side: int = 1024, peer: bool = True, device: str = "cpu") -> list[dict]:
-    """The network alone on one tile (fp32, on `device`): base (no experts), merged experts, unmerged,
-    and spandrel's NAFNet, beside ours computing exactly what the peer does (see _peer_computation).
+def bench_backbone(model, repeats: int, side: int = 1024, peer: bool = True, device: str = "cpu",
+                   precision: str = "fp32") -> list[dict]:
+    """The network alone on one tile (on `device`, fp32 or under bf16 autocast): base (no experts),
+    merged experts, unmerged, and spandrel's NAFNet, beside ours computing exactly what the peer does
+    (see _peer_computation). In bf16 the peer runs under the same autocast as ours.
 
     Ratios are medians of per-round ratios: the variants run interleaved, so a neighbour's load or a
     clock change hits one round of all of them alike and cancels out of that round's ratios."""
@@ -221,7 +223,8 @@ def bench_backbone(model, repeats: int, side: int = 1024, peer: bool = True, dev
         log.info("no peer comparison (spandrel skipped or not installed)")
     samples: dict[str, list[float]] = {name: [] for name in variants}
     timed = {name: _synced(fn, device) for name, (_setup, fn) in variants.items()}
-    with torch.inference_mode():
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    with torch.inference_mode(), autocast:
         for rep in range(repeats + 1):  # the first round is the warm-up
             for name, (setup, _fn) in variants.items():
                 setup()
@@ -237,6 +240,7 @@ def bench_backbone(model, repeats: int, side: int = 1024, peer: bool = True, dev
         # achieved rate on the variant's own work (the experts' unmerged convs count as overhead)
         work = flops.get(name, flops["ours"])
         row = {"variant": name, "seconds": statistics.median(v), "samples": v, "side": side, "device": device,
+               "precision": precision,
                "ratio_to_plain": statistics.median(a / b for a, b in zip(v, plain, strict=True)),
                "gflop": work / 1e9, "gflops_per_s": work / statistics.median(v) / 1e9}
         if PEER in samples:
@@ -290,6 +294,7 @@ def bench_memory_24mp(model_name: str | None, device: str) -> dict:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from .core.cpu import bf16_fast
     from .core.device import select_device
 
     if args.setting1 is not None:
@@ -318,8 +323,12 @@ def run(args: argparse.Namespace) -> int:
         report["restore"] = bench_variants(model, device, sizes, repeats)
     side = min(1024, int(((args.megapixels or [1.0])[0] * 1e6) ** 0.5) // 16 * 16)
     # a tile is cheap next to a restore: more rounds, since the peer ratio is what is read from them
-    report["backbone"] = bench_backbone(model, args.repeats or (8 if args.quick else 12), side=side,
-                                        peer="peer" not in skip, device=device)
+    rounds = args.repeats or (8 if args.quick else 12)
+    report["backbone"] = bench_backbone(model, rounds, side=side, peer="peer" not in skip, device=device)
+    if bf16_fast(torch.device(device)):
+        # what a restore runs here, with the peer under the same autocast (chaiNNer runs it in fp32 on a CPU)
+        report["backbone_bf16"] = bench_backbone(model, rounds, side=side, peer="peer" not in skip, device=device,
+                                                 precision="bf16")
     if args.compile:
         from .bench_compile import bench_compile
 
@@ -354,14 +363,18 @@ def format_report(rep: dict) -> str:
                          f"{r.get('dtype', ''):<8}  router {100 * r['router_share']:4.1f}%  "
                          f"{r['tiles']} tile(s) of {r['tile_size']}")
     b0 = rep["backbone"][0]
-    lines.append(f"\nnetwork alone, one {b0['side']}² tile, fp32 on {b0.get('device', 'cpu')}:")
     gemm = rep.get("gemm_peak", {})
-    for r in rep["backbone"]:
-        peak = gemm.get("fp32", {}).get("gflops_per_s")
-        frac = f" ({100 * r['gflops_per_s'] / peak:.0f}% of fp32 GEMM peak)" if peak else ""
-        vs_peer = f"  x{r['ratio_to_peer']:.2f} of the peer" if "ratio_to_peer" in r else ""
-        lines.append(f"  {r['variant']:<42} {r['seconds']:7.3f} s  x{r['ratio_to_plain']:.2f} of plain{vs_peer}  "
-                     f"{r['gflops_per_s']:6.1f} GFLOP/s{frac}")
+    for key in ("backbone", "backbone_bf16"):
+        rows = rep.get(key, [])
+        prec = rows[0].get("precision", "fp32") if rows else "fp32"
+        if rows:
+            lines.append(f"\nnetwork alone, one {b0['side']}² tile, {prec} on {b0.get('device', 'cpu')}:")
+        for r in rows:
+            peak = gemm.get(prec, {}).get("gflops_per_s")
+            frac = f" ({100 * r['gflops_per_s'] / peak:.0f}% of {prec} GEMM peak)" if peak else ""
+            vs_peer = f"  x{r['ratio_to_peer']:.2f} of the peer" if "ratio_to_peer" in r else ""
+            lines.append(f"  {r['variant']:<42} {r['seconds']:7.3f} s  x{r['ratio_to_plain']:.2f} of plain{vs_peer}  "
+                         f"{r['gflops_per_s']:6.1f} GFLOP/s{frac}")
     if "compile" in rep:
         from .bench_compile import format_compile
 

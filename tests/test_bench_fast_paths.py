@@ -68,6 +68,12 @@ def test_bench_quick_json_report(small_model_path, tmp_path, capsys) -> None:
     names = [r["variant"] for r in rep["backbone"]]
     assert names[:3] == ["plain backbone (no experts)", "merged experts", "unmerged experts"]
     assert rep["backbone"][0]["ratio_to_plain"] == 1.0
+    assert {r["precision"] for r in rep["backbone"]} == {"fp32"}
+    if bf16_fast():  # the restore's precision here: the same rows again, under bf16 autocast
+        assert [r["variant"] for r in rep["backbone_bf16"]] == names
+        assert {r["precision"] for r in rep["backbone_bf16"]} == {"bf16"}
+    else:
+        assert "backbone_bf16" not in rep
     assert "s/MP" in capsys.readouterr().out
 
 
