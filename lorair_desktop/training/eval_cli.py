@@ -3,6 +3,7 @@
     lorair eval --model lorair-compact                # validation photos of the manifest
     lorair eval --model run/model.safetensors --quick # 3 images, fast smoke check
     lorair eval --data ~/Pictures --split all --baselines --out eval-mine
+    lorair eval --model run/model.safetensors --compare eval-before/eval.json  # change per row
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from ..core.checkpoint import DEFAULT_MODEL, load_checkpoint, resolve_model, sha
 from ..core.inference import ENSEMBLES, Restorer
 from ..core.model import LoRAIR
 from .dataset import ImageBank, photo_bank
+from .eval_compare import check_same_crops, compare, read_report
+from .eval_compare import to_markdown as compare_markdown
 from .evaluate import EvalSettings, evaluate, to_markdown
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
+    p.add_argument("--compare", type=Path, default=None, metavar="EVAL_JSON",
+                   help="an earlier report of the same crops (its eval.json): print and keep the change per row")
 
 
 def _load(name_or_path: str) -> tuple[LoRAIR, dict]:
@@ -77,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     limit = args.images or (QUICK_IMAGES if args.quick else None)
     if limit is not None and limit < len(bank):
         bank = ImageBank(bank.images[:limit], bank.names[:limit])
+    before = read_report(args.compare) if args.compare is not None else None  # a bad file fails before the run
     settings = EvalSettings(
         crop=args.crop,
         crops_per_image=args.crops_per_image,
@@ -87,15 +93,22 @@ def run(args: argparse.Namespace) -> int:
         ensemble=args.ensemble,
         forced=args.forced,
     )
+    if before is not None:  # the same crops, or the comparison means nothing: refused before the run
+        check_same_crops(before["data"], {"images": list(bank.names), "crop": settings.crop,
+                                          "crops_per_image": settings.crops_per_image, "seed": settings.seed,
+                                          "ensemble": settings.ensemble, "quantized_8bit": True})
     restorer = Restorer(model, device=args.device, precision=args.precision)
     report = evaluate(restorer, bank, settings)
     report["model"] = model_info
     report["data"].update({"source": source, "split": args.split, "quick": args.quick})
     out = args.out or Path(platformdirs.user_cache_dir("lorair-desktop")) / "eval" / model_info["name"]
     out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     md = to_markdown(report, f"{model_info['name']} ({Path(model_info['weights']).name}, sha256 "
                              f"{model_info['sha256'][:12]}…) on {args.split} photos")
+    if before is not None:
+        report["compare"] = compare(before, report)
+        md += "\n" + compare_markdown(report["compare"])
+    (out / "eval.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     (out / "eval.md").write_text(md, encoding="utf-8")
     print(json.dumps(report, indent=2) if args.json else md)
     print(f"wrote {out / 'eval.json'} and {out / 'eval.md'} ({report['wall_s']:.0f} s)")

@@ -156,3 +156,37 @@ def test_eval_cli_baselines(small_model_path: Path, photo_folder: Path, tmp_path
         assert by[row]["baseline"]["psnr"] > by[row]["input"]["psnr"] + 1, row
     t = {x["target"]: x for x in report["targets"]}
     assert t["noise σ25: model − CBM3D"]["value"] is not None
+
+
+def test_eval_compare_reports_the_change_per_row_and_refuses_other_crops(
+        small_model_path: Path, photo_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from lorair_desktop.core import save_checkpoint
+    from lorair_desktop.training import eval_compare as C
+    from tests.conftest import make_random_model
+
+    other = tmp_path / "other.safetensors"
+    save_checkpoint(make_random_model(seed=1), other)
+    opts = ("--images", "2", "--router-crops", "1")
+    before = run_eval(small_model_path, photo_folder, tmp_path / "a", *opts)
+    after = run_eval(other, photo_folder, tmp_path / "b", *opts, "--compare", str(tmp_path / "a" / "eval.json"))
+    cmp = after["compare"]
+    assert [r["row"] for r in cmp["rows"]] == [r["row"] for r in after["rows"]] and not cmp["missing"]
+    for c, a, b in zip(cmp["rows"], before["rows"], after["rows"], strict=True):
+        assert c["delta"] == pytest.approx(b["model"]["psnr"] - a["model"]["psnr"])
+        assert (c["worst_before"], c["worst_after"]) == (a["worst_gain"], b["worst_gain"])
+    assert any(abs(c["delta"]) > 1e-3 for c in cmp["rows"])  # two random models do differ
+    assert cmp["before"]["sha256"] == before["model"]["sha256"] != cmp["after"]["sha256"]
+    assert "against" in (tmp_path / "b" / "eval.md").read_text()
+    capsys.readouterr()
+    # the two files compared alone give the same table
+    assert C.main([str(tmp_path / "a" / "eval.json"), str(tmp_path / "b" / "eval.json")]) == 0
+    assert C.to_markdown(cmp) == capsys.readouterr().out
+    # other crops (another seed) are refused before anything runs, naming the setting
+    rc = main(["eval", "--model", str(other), "--data", str(photo_folder), "--split", "all", "--crop", "64",
+               "--out", str(tmp_path / "c"), "--device", "cpu", *opts, "--seed", "3",
+               "--compare", str(tmp_path / "a" / "eval.json")])
+    assert rc == 2 and "seed 0 vs 3" in capsys.readouterr().err
+    assert not (tmp_path / "c" / "eval.json").exists()
+    (tmp_path / "bad.json").write_text('{"rows": 3}')
+    assert C.main([str(tmp_path / "bad.json"), str(tmp_path / "b" / "eval.json")]) == 2
+    assert "not a `lorair eval` report" in capsys.readouterr().err
