@@ -44,6 +44,11 @@ def _num(d: dict[str, Any] | None, key: str) -> float | None:
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
 
 
+def _routed(row: dict[str, Any]) -> dict[str, Any]:
+    routed = row.get("routed")
+    return routed if isinstance(routed, dict) else {}
+
+
 def _delta(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else b - a
 
@@ -69,14 +74,15 @@ def compare(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
         row = {"row": r["row"],
                "before": _num(o["model"], "psnr"), "after": _num(r["model"], "psnr"),
                "worst_before": _num(o, "worst_gain"), "worst_after": _num(r, "worst_gain"),
-               "routed_before": o.get("routed", {}), "routed_after": r.get("routed", {})}
+               "routed_before": _routed(o), "routed_after": _routed(r)}
         row["delta"] = _delta(row["before"], row["after"])
         row["ssim_delta"] = _delta(_num(o["model"], "ssim"), _num(r["model"], "ssim"))
         if isinstance(o.get("forced"), dict) and isinstance(r.get("forced"), dict):
             row["forced_delta"] = _delta(_num(o["forced"], "psnr"), _num(r["forced"], "psnr"))
         rows.append(row)
     top1 = (_num(before.get("router"), "top1"), _num(after.get("router"), "top1"))
-    return {"before": before.get("model", {}), "after": after.get("model", {}), "rows": rows,
+    models = [m if isinstance(m, dict) else {} for m in (before.get("model"), after.get("model"))]
+    return {"before": models[0], "after": models[1], "rows": rows,
             "router_top1": {"before": top1[0], "after": top1[1]},
             "missing": sorted(set(old) - {r["row"] for r in rows})}
 
