@@ -375,6 +375,8 @@ def run(args: argparse.Namespace) -> int:
                 time_schedule=o.time_schedule,
                 crops_per_context=o.crops_per_context,
                 anchor_prior=o.anchor_prior and st == "router",
+                frozen_experts=tuple(i for i, w in enumerate(o.task_weights or []) if w == 0)
+                if st == "experts" else (),
             )
             ds = RestorationDataset(
                 train_bank,

@@ -56,6 +56,8 @@ class StageConfig:
     clip: float = 1.0
     crops_per_context: int = 1  # network crops cut from each router context (same prior for each)
     full: bool = False  # experts stage: fine-tune the base too
+    # experts stage: experts trained on no data here (left out of --tasks), kept exactly as they are
+    frozen_experts: tuple[int, ...] = ()
     anchor_prior: bool = False  # router stage: keep the prior the network knows (training.anchor)
     bf16: bool = False
     ckpt_every_s: float = 120.0
@@ -123,6 +125,7 @@ class StageRunner:
         self.rank, self.world = ddp_info()
         self.params = trainable_params(model, sc)
         self.opt = torch.optim.AdamW(self.params, lr=sc.lr, weight_decay=sc.weight_decay, betas=(0.9, 0.9))
+        self._frozen = self._frozen_slices()
         self.step = 0
         self.history: list[dict] = []
         self.wall_before = 0.0  # training seconds of earlier sessions of this stage (from the state file)
@@ -139,6 +142,20 @@ class StageRunner:
         self.ddp_model = trained
         if self.world > 1:
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(trained, find_unused_parameters=True)
+
+    def _frozen_slices(self) -> list[tuple[torch.nn.Parameter, list[int], Tensor]]:
+        """(LoRA tensor, frozen experts, their slices as they are) for the experts stage.
+
+        An expert left out of --tasks gets no data, yet the router's top-2 mix of the trained
+        degradations gives it a small weight now and then, and Adam scales even a tiny gradient to
+        a full step: a jpeg-only LoRA run moved the noise, rain and low-light experts by 2-6 dB
+        within 900 steps. So their gradients are dropped and their slices put back after each step
+        (AdamW's weight decay reaches them too)."""
+        idx = sorted(set(self.sc.frozen_experts))
+        if self.sc.stage != "experts" or not idx:
+            return []
+        return [(p, idx, p.detach()[idx].clone()) for n, p in self.model.net.named_parameters()
+                if ".lora_" in n and p.requires_grad]
 
     # -- schedule --------------------------------------------------------------------------------
     def progress(self) -> float:
@@ -270,8 +287,14 @@ class StageRunner:
                 loss = self.loss_on(deg, clean, labels, crop)
             self.opt.zero_grad(set_to_none=True)
             loss.float().backward()
+            for p, idx, _ in self._frozen:
+                if p.grad is not None:
+                    p.grad[idx] = 0  # before clipping: the trained experts keep the whole norm budget
             torch.nn.utils.clip_grad_norm_(self.params, sc.clip)
             self.opt.step()
+            with torch.no_grad():
+                for p, idx, kept in self._frozen:
+                    p[idx] = kept
             self.step += 1
             losses.append(float(loss.detach()))
             if self.step % log_every == 0 or self.step == sc.steps:
