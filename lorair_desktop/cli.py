@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import LoraIRError
+from .errors import LoraIRError, report_error
 
 # Long jobs that share the cores for hours wait passively in OpenMP: a spinning team slows 2-8x
 # beside another busy program. Restores keep the spinning wait, ~20 % faster on free cores, and
@@ -199,10 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except LoraIRError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
-        return 2
+        return report_error(exc)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 
 class LoraIRError(Exception):
     """Base of every error a user may see. `code` is stable and travels over the wire."""
@@ -15,6 +17,14 @@ class LoraIRError(Exception):
 
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+def report_error(exc: LoraIRError) -> int:
+    """Print a command's error and its hint on stderr, as every command line does; returns exit status 2."""
+    print(f"error: {exc.message}", file=sys.stderr)
+    if exc.hint:
+        print(f"hint: {exc.hint}", file=sys.stderr)
+    return 2
 
 
 class ConfigError(LoraIRError):

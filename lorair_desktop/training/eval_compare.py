@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import LoraIRError
+from ..errors import LoraIRError, report_error
 
 # Settings under `data` that decide which crops are restored, and how.
 SAME = ("images", "crop", "crops_per_image", "seed", "ensemble", "quantized_8bit")
@@ -125,10 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cmp = compare(read_report(args.before), read_report(args.after))
     except LoraIRError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
-        return 2
+        return report_error(exc)
     print(json.dumps(cmp, indent=2) if args.json else to_markdown(cmp), end="" if not args.json else "\n")
     return 0
 

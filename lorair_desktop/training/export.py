@@ -16,7 +16,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from ..core.checkpoint import (
 from ..core.config import load_config, presets_dir
 from ..core.inference import Restorer
 from ..core.model import LoRAIR
-from ..errors import CheckpointError, ConfigError, LoraIRError
+from ..errors import CheckpointError, ConfigError, LoraIRError, report_error
 from .dataset import FLAT_KEEP_PROB, DatasetError, photo_bank
 from .prototypes import measure_prototypes
 
@@ -430,10 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             card = write_model_card(args.run_model.parent, args.eval, Path(res["path"]).with_suffix(".md"), res)
             print(f"model card: {card}")
     except LoraIRError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
-        return 2
+        return report_error(exc)
     return 0
 
 

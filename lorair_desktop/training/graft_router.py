@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..core.checkpoint import model_from_tensors, read_checkpoint, rewrite_checkpoint, sha256_file
-from ..errors import LoraIRError
+from ..errors import LoraIRError, report_error
 
 
 def graft_router(source: Path, target: Path, output: Path | None = None) -> tuple[str, bool]:
@@ -63,10 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         sha, protos = graft_router(args.source, args.target, args.output)
     except LoraIRError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
-        return 2
+        return report_error(exc)
     print(f"{args.output or args.target}: router of {args.source.name}, sha256 {sha}")
     if not protos:
         print(f"note: {args.source.name} has no prototype priors, so the result has none either; add them with "

@@ -18,7 +18,6 @@ adds them in place (atomically; the manifest's sha256 is updated where the file 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import torch
 
 from ..core.checkpoint import model_from_tensors, read_checkpoint, rewrite_checkpoint
 from ..core.model import LoRAIR
-from ..errors import LoraIRError
+from ..errors import LoraIRError, report_error
 from .dataset import ImageBank, build_validation_set, photo_bank
 from .degradations import DEGRADATIONS
 
@@ -90,10 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bank = ImageBank.from_folder(args.data, "train") if args.data is not None else photo_bank("train")
         sha = add_to_checkpoint(args.model, bank)
     except LoraIRError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
-        return 2
+        return report_error(exc)
     print(f"{args.model}: prototype priors added, sha256 {sha}")
     return 0
 
