@@ -364,11 +364,11 @@ def format_report(rep: dict) -> str:
                          f"{r['tiles']} tile(s) of {r['tile_size']}")
     b0 = rep["backbone"][0]
     gemm = rep.get("gemm_peak", {})
-    for key in ("backbone", "backbone_bf16"):
-        rows = rep.get(key, [])
-        prec = rows[0].get("precision", "fp32") if rows else "fp32"
-        if rows:
-            lines.append(f"\nnetwork alone, one {b0['side']}² tile, {prec} on {b0.get('device', 'cpu')}:")
+    for rows in (rep["backbone"], rep.get("backbone_bf16", [])):
+        if not rows:
+            continue
+        prec = rows[0].get("precision", "fp32")
+        lines.append(f"\nnetwork alone, one {b0['side']}² tile, {prec} on {b0.get('device', 'cpu')}:")
         for r in rows:
             peak = gemm.get(prec, {}).get("gflops_per_s")
             frac = f" ({100 * r['gflops_per_s'] / peak:.0f}% of {prec} GEMM peak)" if peak else ""

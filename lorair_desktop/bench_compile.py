@@ -9,11 +9,11 @@ precision a restore uses on this device, with the experts merged as a restore ha
   prepacked oneDNN convolutions with the following element-wise ops fused in). Every new mix is
   then a new program to compile.
 
-Why neither is in the restore path: on the 2-core EPYC of the README (lite, one 992-1024 px tile,
-bf16; `lorair bench --quick --compile` and two earlier runs of the same measurement), "compiled" took
-x1.17-1.34 of the eager time after 45-70 s of compiling; "frozen" took x0.66-0.77, but compiled
-again for 21-34 s at every new mix, i.e. for every routed image, to save ~0.07 s per megapixel.
-The report says where a machine (a GPU, say) differs.
+Why neither is in the restore path: on the 2-core EPYC of the README (lite, one 992-1024 px tile;
+`lorair bench --quick --compile` and scripted runs of the same measurement), "compiled" took x1.22-1.34
+of the eager time in bf16 (x1.17 in fp32) after 44-70 s of compiling; "frozen" took x0.71-0.77 in
+bf16 (x0.66 in fp32), but compiled again for 21-34 s at every new mix, i.e. for every routed image,
+to save ~0.07 s per megapixel. The report says where a machine (a GPU, say) differs.
 """
 
 from __future__ import annotations
@@ -63,12 +63,13 @@ def bench_compile(model, device: str = "cpu", side: int = 1024, repeats: int = 5
             with torch.autocast(dev.type, dtype=dtype):
                 return fn(x, prior).float()
 
+    sync = _synced(lambda: None, str(dev))  # waits for queued kernels on CUDA/MPS, nothing on a CPU
+
     def timed(fn: Callable) -> tuple[float, torch.Tensor]:
-        out: dict[str, torch.Tensor] = {}
-        run = _synced(lambda: out.__setitem__("y", call(fn)), str(dev))
         t0 = time.perf_counter()
-        run()
-        return time.perf_counter() - t0, out["y"]
+        y = call(fn)
+        sync()
+        return time.perf_counter() - t0, y
 
     rows = []
     try:

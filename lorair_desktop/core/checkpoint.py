@@ -179,11 +179,13 @@ def read_checkpoint(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], d
     return cfg, tensors, meta
 
 
-def rewrite_checkpoint(model: LoRAIR, path: Path, meta: dict[str, str]) -> str:
-    """Write ``model`` over the checkpoint at ``path`` in its own storage precision (fp16 stays
-    fp16), with ``meta`` (its metadata as read) kept, atomically; where ``path`` is a manifest entry
-    (a shipped or installed model) its sha256 and size there are updated. Returns the new sha256."""
-    half = any(v.dtype == torch.float16 for v in load_file(str(path)).values())
+def rewrite_checkpoint(model: LoRAIR, path: Path, read: tuple[dict[str, torch.Tensor], dict[str, str]]) -> str:
+    """Write ``model`` to ``path`` as the checkpoint it was read from: ``read`` is that checkpoint's
+    (tensors, metadata) from `read_checkpoint`, whose storage precision (fp16 stays fp16) and
+    metadata are kept. Atomic; where ``path`` is a manifest entry (a shipped or installed model),
+    its sha256 and size there are updated. Returns the new sha256."""
+    tensors, meta = read
+    half = any(v.dtype == torch.float16 for v in tensors.values())
     extra = {k: v for k, v in meta.items() if k not in ("format", "config")}
     sha = save_checkpoint(model, path, half=half, meta=extra)
     for name, entry in read_manifest().items():

@@ -20,9 +20,8 @@ from ..core.checkpoint import DEFAULT_MODEL, load_checkpoint, resolve_model, sha
 from ..core.inference import ENSEMBLES, Restorer
 from ..core.model import LoRAIR
 from .dataset import ImageBank, photo_bank
-from .eval_compare import check_same_crops, compare, read_report
-from .eval_compare import to_markdown as compare_markdown
-from .evaluate import EvalSettings, evaluate, to_markdown
+from .eval_compare import check_same_crops, compare, compare_markdown, read_report
+from .evaluate import EvalSettings, evaluate, report_data, to_markdown
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +93,7 @@ def run(args: argparse.Namespace) -> int:
         forced=args.forced,
     )
     if before is not None:  # the same crops, or the comparison means nothing: refused before the run
-        check_same_crops(before["data"], {"images": list(bank.names), "crop": settings.crop,
-                                          "crops_per_image": settings.crops_per_image, "seed": settings.seed,
-                                          "ensemble": settings.ensemble, "quantized_8bit": True})
+        check_same_crops(before["data"], report_data(bank, settings))
     restorer = Restorer(model, device=args.device, precision=args.precision)
     report = evaluate(restorer, bank, settings)
     report["model"] = model_info

@@ -95,7 +95,7 @@ def _model(m: dict[str, Any]) -> str:
     return f"{m.get('name', '?')} ({sha[:12]}…)" if isinstance(sha, str) else str(m.get("name", "?"))
 
 
-def to_markdown(cmp: dict[str, Any]) -> str:
+def compare_markdown(cmp: dict[str, Any]) -> str:
     forced = any("forced_delta" in r for r in cmp["rows"])
     lines = [f"### {_model(cmp['after'])} against {_model(cmp['before'])}", "",
              "| row | before dB | after dB | Δ dB | Δ SSIM | worst crop dB, before → after |"
@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cmp = compare(read_report(args.before), read_report(args.after))
     except LoraIRError as exc:
         return report_error(exc)
-    print(json.dumps(cmp, indent=2) if args.json else to_markdown(cmp), end="" if not args.json else "\n")
+    print(json.dumps(cmp, indent=2) if args.json else compare_markdown(cmp), end="" if not args.json else "\n")
     return 0
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "exposure_matched",
     "hardware_info",
     "psnr",
+    "report_data",
     "router_confusion",
     "ssim",
     "targets",
@@ -376,22 +377,27 @@ def targets(results: list[dict[str, Any]], router: dict[str, Any]) -> list[dict[
     return out
 
 
+def report_data(bank: ImageBank, settings: EvalSettings) -> dict[str, Any]:
+    """The report's `data` section: which photos and crops were restored, and how."""
+    return {
+        "images": list(bank.names),
+        "crop": settings.crop,
+        "crops_per_image": settings.crops_per_image,
+        "router_crops_per_image": settings.router_crops,
+        "seed": settings.seed,
+        "ensemble": settings.ensemble,
+        "forced": settings.forced,
+        "quantized_8bit": True,
+    }
+
+
 def evaluate(restorer: Restorer, bank: ImageBank, settings: EvalSettings) -> dict[str, Any]:
     """Rows, router confusion and targets as one JSON-ready dict."""
     t0 = time.perf_counter()
     rows = evaluate_rows(restorer, bank, settings)
     router = router_confusion(restorer, bank, settings)
     return {
-        "data": {
-            "images": list(bank.names),
-            "crop": settings.crop,
-            "crops_per_image": settings.crops_per_image,
-            "router_crops_per_image": settings.router_crops,
-            "seed": settings.seed,
-            "ensemble": settings.ensemble,
-            "forced": settings.forced,
-            "quantized_8bit": True,
-        },
+        "data": report_data(bank, settings),
         "metrics": {
             "psnr": "RGB, data range 1",
             "ssim": "Gaussian window 11x11 σ=1.5, K1=0.01, K2=0.03, per RGB channel averaged, valid region",

@@ -17,7 +17,6 @@ sha256 under ``router_source_sha256``.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,12 +43,9 @@ def graft_router(source: Path, target: Path, output: Path | None = None) -> tupl
     model.router.load_state_dict(donor.router.state_dict())
     model.prior_prototypes = donor.prior_prototypes
     out = output or target
-    if out.resolve() != target.resolve():
-        if out.exists():
-            raise LoraIRError(f"{out} exists", "choose a new output file, or drop -o to rewrite the target")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(target, out)  # rewritten below: the copy only carries the target's precision
-    sha = rewrite_checkpoint(model, out, {**meta, "router_source_sha256": sha256_file(source)})
+    if out.resolve() != target.resolve() and out.exists():
+        raise LoraIRError(f"{out} exists", "choose a new output file, or drop -o to rewrite the target")
+    sha = rewrite_checkpoint(model, out, (tensors, {**meta, "router_source_sha256": sha256_file(source)}))
     return sha, donor.prior_prototypes is not None
 
 

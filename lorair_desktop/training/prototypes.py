@@ -73,7 +73,7 @@ def add_to_checkpoint(path: Path, bank: ImageBank) -> str:
         raise LoraIRError(f"{path.name}: prototypes need a synthesiser for every expert",
                           f"this model's experts are {', '.join(model.experts)}; known: {', '.join(DEGRADATIONS)}")
     model.prior_prototypes = protos
-    return rewrite_checkpoint(model, path, meta)
+    return rewrite_checkpoint(model, path, (tensors, meta))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -180,7 +180,7 @@ def test_eval_compare_reports_the_change_per_row_and_refuses_other_crops(
     capsys.readouterr()
     # the two files compared alone give the same table
     assert C.main([str(tmp_path / "a" / "eval.json"), str(tmp_path / "b" / "eval.json")]) == 0
-    assert C.to_markdown(cmp) == capsys.readouterr().out
+    assert C.compare_markdown(cmp) == capsys.readouterr().out
     # other crops (another seed) are refused before anything runs, naming the setting
     rc = main(["eval", "--model", str(other), "--data", str(photo_folder), "--split", "all", "--crop", "64",
                "--out", str(tmp_path / "c"), "--device", "cpu", *opts, "--seed", "3",

@@ -84,7 +84,8 @@ def test_graft_refuses_a_router_that_cannot_serve_the_target(tmp_path: Path, cha
 
 
 def test_the_shipped_models_share_one_router() -> None:
-    """lorair-lite and lorair-compact were given one router (session 11, by this graft's steps)."""
+    """lorair-lite and lorair-compact serve one router (README: a router run on one is grafted into
+    the other), with the prototypes measured on it."""
     models = {name: load_checkpoint(weights_dir() / e["file"]) for name, e in read_manifest().items()
               if name in ("lorair-lite", "lorair-compact")}
     lite, compact = models["lorair-lite"], models["lorair-compact"]
