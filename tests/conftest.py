@@ -32,6 +32,19 @@ def make_random_model(seed: int = 0):
     return model.eval()
 
 
+def with_router_context(model, context: int):
+    """A copy of `model` (same weights) whose router routes through `context`-px crops (0: whole)."""
+    import dataclasses
+
+    from lorair_desktop.core import LoRAIR
+
+    cfg = dataclasses.replace(model.cfg, router=dataclasses.replace(model.cfg.router, context=context))
+    copy = LoRAIR(cfg)
+    copy.load_state_dict(model.state_dict())
+    copy.prior_prototypes = model.prior_prototypes
+    return copy.eval()
+
+
 @pytest.fixture(scope="session")
 def small_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from lorair_desktop.core import save_checkpoint

@@ -77,6 +77,11 @@ class RouterConfig:
     head_hidden: int = 256
     pretrained: str | None = None  # open_clip pretrained tag or local file (then tower frozen)
     freeze_tower: bool = False
+    # Side of the crops the router was trained on (its "context"): a bigger image is routed as the
+    # mean over a grid of such crops at full resolution (router.context_boxes), since a whole photo
+    # squeezed into the global view looks unlike anything it learnt. 0: the whole image at once, as
+    # the paper's router (trained on whole images) routes.
+    context: int = 0
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,9 @@ class ModelConfig:
             raise ConfigError(f"router.views={self.router.views!r} is not valid", "use 'paper' or 'native'")
         if self.router.resample not in ("bilinear", "bicubic"):
             raise ConfigError(f"router.resample={self.router.resample!r} is not valid", "use 'bilinear' or 'bicubic'")
+        ctx = self.router.context
+        if isinstance(ctx, bool) or not isinstance(ctx, int) or ctx < 0:
+            raise ConfigError(f"router.context={ctx!r} must be 0 (whole image) or a crop side in pixels")
         if self.net.width % 2 or self.net.width < 4:
             raise ConfigError(f"net.width={self.net.width} must be an even number >= 4")
         if len(self.net.enc_blocks) != len(self.net.dec_blocks):

@@ -1,4 +1,5 @@
-"""Restoring an image: route once on the whole image, merge the expert mix once, run in tiles.
+"""Restoring an image: route once per image (over router-sized crops of a big one), merge the
+expert mix once, run in tiles.
 
 Images cross this module as float32 numpy arrays (H, W, 3) in [0, 1]; alpha and bit depth are the
 caller's business (see imageio).
@@ -21,7 +22,7 @@ from .device import inference_dtype, select_device
 from .errors import Cancelled, ImageError, LoraIRError
 from .model import LoRAIR
 from .precision import fastest_cpu_dtype
-from .router import quadrant_boxes
+from .router import context_boxes, quadrant_boxes
 from .routing import apply_overrides, steer_prior
 from .tiling import balanced_length, plan_tiles, tile_profiles
 
@@ -186,10 +187,21 @@ class Restorer:
 
     @torch.inference_mode()
     def analyze(self, image: np.ndarray) -> Analysis:
+        """The router's expert weights and degradation prior for the whole image: the mean logits
+        and prior over the router's context crops where the image is bigger than one context
+        (router.context_boxes), else from the image at once."""
         img = check_image(image)
-        out = self.model.router(*self._router_input(img))
-        weights = self.model.router_weights(out.logits)[0]
-        return Analysis(self.experts, weights.cpu().tolist(), out.logits[0].cpu().tolist(), out.prior)
+        boxes = context_boxes(*img.shape[:2], self.model.cfg.router.context)
+        if boxes:
+            crops = torch.stack([self._to_tensor(to_float(img[y0 : y0 + ch, x0 : x0 + cw]))[0]
+                                 for y0, x0, ch, cw in boxes])
+            out = self.model.router(crops)
+            logits, prior = out.logits.mean(0, keepdim=True), out.prior.mean(0, keepdim=True)
+        else:
+            out = self.model.router(*self._router_input(img))
+            logits, prior = out.logits, out.prior
+        weights = self.model.router_weights(logits)[0]
+        return Analysis(self.experts, weights.cpu().tolist(), logits[0].cpu().tolist(), prior)
 
     def auto_tile(self, height: int, width: int, buffers: int = 0) -> int:
         """Tile side. On a CPU: the fastest side for this network, shrunk until one tile and its band

@@ -373,6 +373,16 @@ def fixed_crop_positions(img: np.ndarray, crop_size: int, count: int = 1, grid: 
     return [(y, x) for _, y, x in scored[:count]]
 
 
+def fixed_crops(img: np.ndarray, crop_size: int, count: int = 1) -> list[np.ndarray]:
+    """The ``count`` fixed crops of ``fixed_crop_positions`` (the image reflect-padded where it is
+    smaller than a crop), or the whole image where ``crop_size`` is 0: a photo as a user restores it,
+    routed and tiled as a whole."""
+    if crop_size == 0:
+        return [img]
+    padded = _pad_to(img, crop_size)
+    return [padded[y : y + crop_size, x : x + crop_size] for y, x in fixed_crop_positions(padded, crop_size, count)]
+
+
 def build_validation_set(
     bank: ImageBank,
     names: Sequence[str] = EXPERTS,
@@ -383,15 +393,14 @@ def build_validation_set(
     quantize: bool = True,
 ) -> list[ValSample]:
     """Fixed validation items: for each image, its ``crops_per_image`` most textured crops (see
-    ``fixed_crop_positions``), each degraded by every name in ``names`` and every combination
+    ``fixed_crops``; ``crop_size`` 0: the whole image), each degraded by every name in ``names`` and every combination
     in ``mixed`` (``degrade_mixed``), with seeds from ``(seed, image, crop, row)``."""
     rows: list[tuple[str, int, tuple[str, ...]]] = [(n, i, (n,)) for i, n in enumerate(names)]
     rows += [("+".join(combo), -1, tuple(combo)) for combo in mixed]
     out: list[ValSample] = []
     for ii, (img, image_name) in enumerate(zip(bank.images, bank.names, strict=True)):
-        padded = _pad_to(img, crop_size)
-        for ci, (y, x) in enumerate(fixed_crop_positions(padded, crop_size, crops_per_image)):
-            clean = padded[y : y + crop_size, x : x + crop_size].astype(np.float32) / 255.0
+        for ci, crop in enumerate(fixed_crops(img, crop_size, crops_per_image)):
+            clean = crop.astype(np.float32) / 255.0
             for ri, (label_name, label, combo) in enumerate(rows):
                 item_seed = int.from_bytes(
                     hashlib.sha256(f"{seed}/{ii}/{ci}/{ri}/{label_name}".encode()).digest()[:8], "little"

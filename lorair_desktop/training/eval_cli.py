@@ -17,6 +17,7 @@ import platformdirs
 import torch
 
 from ..core.checkpoint import DEFAULT_MODEL, load_checkpoint, resolve_model, sha256_file, verify_sha256
+from ..core.errors import LoraIRError
 from ..core.inference import ENSEMBLES, Restorer
 from ..core.model import LoRAIR
 from .dataset import ImageBank, photo_bank
@@ -39,7 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help=f"only {QUICK_IMAGES} images and fewer router crops")
     p.add_argument("--baselines", action="store_true", help="also run CBM3D, Wiener and the dark channel prior (slow)")
     p.add_argument("--images", type=int, default=None, help="use at most this many images")
-    p.add_argument("--crop", type=int, default=256, help="side of the fixed evaluation crops")
+    p.add_argument("--crop", type=int, default=256,
+                   help="side of the fixed evaluation crops; 0: whole photos, routed and tiled as a user's photo "
+                        "(one per image, also for the router's confusion matrix)")
     p.add_argument("--crops-per-image", type=int, default=1)
     p.add_argument("--router-crops", type=int, default=4, help="crops per image for the router confusion matrix")
     p.add_argument("--tile", type=int, default=None, help="force tiled inference with this tile side")
@@ -68,6 +71,8 @@ def _load(name_or_path: str) -> tuple[LoRAIR, dict]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.crop < 0 or 0 < args.crop < 16:
+        raise LoraIRError(f"--crop {args.crop} is not a crop side", "use 16 pixels or more, or 0 for whole photos")
     if args.threads:
         torch.set_num_threads(args.threads)
     model, model_info = _load(args.model)
@@ -84,8 +89,8 @@ def run(args: argparse.Namespace) -> int:
     before = read_report(args.compare) if args.compare is not None else None  # a bad file fails before the run
     settings = EvalSettings(
         crop=args.crop,
-        crops_per_image=args.crops_per_image,
-        router_crops=min(args.router_crops, 2) if args.quick else args.router_crops,
+        crops_per_image=1 if args.crop == 0 else args.crops_per_image,
+        router_crops=1 if args.crop == 0 else min(args.router_crops, 2) if args.quick else args.router_crops,
         seed=args.seed,
         baselines=args.baselines,
         tile=args.tile,

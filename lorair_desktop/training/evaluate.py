@@ -9,7 +9,7 @@ Metrics (``psnr``, ``ssim``) compare float RGB images in ``[0, 1]`` (data range 
   use_sample_covariance=False, channel_axis=-1, data_range=1)``.
 
 Each row of ``EVAL_ROWS`` degrades every fixed validation crop (the most textured 256² crops of
-each photo, ``dataset.fixed_crop_positions``) with a seed derived from ``(seed, image, crop,
+each photo, ``dataset.fixed_crops``; or each whole photo) with a seed derived from ``(seed, image, crop,
 row)`` and quantises it to 8 bits, as a real input would be. The model restores it through
 ``core.Restorer`` (automatic routing, tiled merged inference: the path users get).
 """
@@ -32,7 +32,7 @@ import torch
 from lorair_desktop.core.inference import Restorer
 from lorair_desktop.training import baselines as B
 from lorair_desktop.training import degradations as D
-from lorair_desktop.training.dataset import ImageBank, _pad_to, build_validation_set, fixed_crop_positions
+from lorair_desktop.training.dataset import ImageBank, build_validation_set, fixed_crops
 
 __all__ = [
     "EVAL_ROWS",
@@ -217,9 +217,8 @@ def _mean(values: list[float]) -> float | None:
 def _crops(bank: ImageBank, size: int, count: int) -> list[tuple[int, int, str, np.ndarray]]:
     out = []
     for ii, (img, name) in enumerate(zip(bank.images, bank.names, strict=True)):
-        padded = _pad_to(img, size)
-        for ci, (y, x) in enumerate(fixed_crop_positions(padded, size, count)):
-            out.append((ii, ci, name, padded[y : y + size, x : x + size].astype(np.float32) / 255.0))
+        for ci, crop in enumerate(fixed_crops(img, size, count)):
+            out.append((ii, ci, name, crop.astype(np.float32) / 255.0))
     return out
 
 
@@ -476,8 +475,9 @@ def to_markdown(report: dict[str, Any], title: str | None = None) -> str:
     d = report["data"]
     lines += [
         "",
-        f"{len(d['images'])} images, {d['crops_per_image']} crop(s) of {d['crop']}² each (most textured of a 4x4 "
-        f"grid), seed {d['seed']}, inputs quantised to 8 bits. PSNR on RGB; SSIM: {report['metrics']['ssim']}.",
+        (f"{len(d['images'])} whole photos" if d["crop"] == 0 else f"{len(d['images'])} images, "
+         f"{d['crops_per_image']} crop(s) of {d['crop']}² each (most textured of a 4x4 grid)")
+        + f", seed {d['seed']}, inputs quantised to 8 bits. PSNR on RGB; SSIM: {report['metrics']['ssim']}.",
     ]
     if d.get("ensemble", 1) > 1:
         lines[-1] += (f" Every restore averages {d['ensemble']} flipped/turned passes (self-ensemble; "

@@ -8,6 +8,7 @@ import pytest
 from lorair_desktop.core import Restorer
 from lorair_desktop.core.errors import Cancelled, ImageError
 from lorair_desktop.core.tiling import plan_tiles, tile_profiles
+from tests.conftest import with_router_context
 
 
 def _image(h: int = 208, w: int = 272) -> np.ndarray:
@@ -91,7 +92,7 @@ def test_integer_inputs_and_outputs_match_the_float_path(small_model) -> None:
 def test_huge_image_router_path_agrees_with_the_direct_one(small_model, monkeypatch) -> None:
     import lorair_desktop.core.inference as inf
 
-    r = Restorer(small_model, "cpu")
+    r = Restorer(with_router_context(small_model, 0), "cpu")  # routed whole: no context crops
     img = _image(400, 600)
     direct = r.analyze(img)
     monkeypatch.setattr(inf, "ROUTER_SHRINK", 150)  # force the reduced-copy + native-crops path

@@ -190,3 +190,21 @@ def test_eval_compare_reports_the_change_per_row_and_refuses_other_crops(
     (tmp_path / "bad.json").write_text('{"rows": 3}')
     assert C.main([str(tmp_path / "bad.json"), str(tmp_path / "b" / "eval.json")]) == 2
     assert "not a `lorair eval` report" in capsys.readouterr().err
+
+
+def test_eval_whole_photos(small_model_path: Path, photo_folder: Path, tmp_path: Path,
+                           capsys: pytest.CaptureFixture[str]) -> None:
+    """--crop 0 restores each photo whole (one per image, the router's matrix too): on these 160²
+    photos, the very rows a 160² crop gives."""
+    whole = run_eval(small_model_path, photo_folder, tmp_path / "whole", "--images", "2", "--crop", "0",
+                     "--crops-per-image", "3")
+    crop = run_eval(small_model_path, photo_folder, tmp_path / "crop", "--images", "2", "--crop", "160",
+                    "--router-crops", "1")
+    assert whole["data"]["crop"] == 0 and whole["data"]["crops_per_image"] == 1
+    assert whole["router"]["n"] == 2 * 6 and whole["router"]["confusion"] == crop["router"]["confusion"]
+    for a, b in zip(whole["rows"], crop["rows"], strict=True):
+        assert a["n"] == 2 and a["input"] == b["input"] and a["model"] == b["model"], a["row"]
+    assert "2 whole photos" in (tmp_path / "whole" / "eval.md").read_text()
+    capsys.readouterr()
+    assert main(["eval", "--model", str(small_model_path), "--data", str(photo_folder), "--crop", "8"]) == 2
+    assert "--crop 8 is not a crop side" in capsys.readouterr().err
