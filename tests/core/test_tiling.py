@@ -114,6 +114,12 @@ def test_balanced_tiles_keep_the_count_and_cover_with_less_overlap() -> None:
     assert balanced_length(300, 384, 16, 16) == 300  # one tile: the whole axis
 
 
+def planned_tiles(model, h: int, w: int, buffers: int) -> tuple[int, int]:
+    """(auto tile side, tiles planned) of a bf16 CPU restore of an h x w image."""
+    tile = Restorer(model, device="cpu", precision="bf16").auto_tile(h, w, buffers)
+    return tile, len(plan_tiles(h, w, tile, 16))
+
+
 def test_cpu_tiles_are_the_fastest_side_shrunk_to_the_memory_budget(small_model) -> None:
     import dataclasses
 
@@ -126,6 +132,14 @@ def test_cpu_tiles_are_the_fastest_side_shrunk_to_the_memory_budget(small_model)
     lite = LoRAIR(dataclasses.replace(cfg, net=lite_net)).eval()
     assert Restorer(small_model, device="cpu", precision="bf16").auto_tile(1000, 1000) == CPU_TILE
     assert Restorer(lite, device="cpu", precision="bf16").auto_tile(1000, 1000) == CPU_TILE
+    # a 1 MP float photo is one tile, its buffers (in and out, 24 MB) notwithstanding; a little
+    # bigger than one tile, the buffers count and the tiles shrink to the budget
+    float_buffers = 2 * 1000 * 1000 * 3 * 4
+    assert planned_tiles(lite, 1000, 1000, float_buffers) == (CPU_TILE, 1)
+    tile, n = planned_tiles(lite, 1000, 1100, float_buffers)
+    assert tile < CPU_TILE and n == 4
+    # in fp32 a 1 MP tile is over the budget (~780 MB of activations): tiled as before
+    assert Restorer(lite, device="cpu", precision="fp32").auto_tile(1000, 1000, float_buffers) < CPU_TILE
     # a 24 MP photo's buffers leave less room for the tile (8-bit in and out), down to a floor
     r = Restorer(lite, device="cpu", precision="bf16")
     photo = 2 * 24_000_000 * 3
