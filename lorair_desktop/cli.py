@@ -105,11 +105,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     restorer = Restorer(load_model(args.model), device=args.device)
     a = restorer.analyze(img.rgb)
     if args.json:
-        print(json.dumps({"router_weights": a.weights_dict(), "top_expert": a.top_expert, "logits": a.logits}))
+        print(json.dumps({"router_weights": a.weights_dict(), "top_expert": a.top_expert, "logits": a.logits,
+                          "router_crops": a.crops}))
     else:
         for name, w in a.weights_dict().items():
             print(f"{name:>10} {w:5.2f} {'#' * round(w * 40)}")
-        print(f"top expert: {a.top_expert}")
+        seen = (f"the mean over {a.crops} crops of {restorer.model.cfg.router.context} px" if a.crops
+                else "the whole image")
+        print(f"top expert: {a.top_expert} (router: {seen})")
     return 0
 
 

@@ -63,6 +63,7 @@ class Analysis:
     router_weights: list[float]
     logits: list[float]
     prior: torch.Tensor = field(repr=False)
+    crops: int = 0  # router-sized crops the image was routed over (router.context_boxes); 0: whole
 
     @property
     def top_expert(self) -> str:
@@ -201,7 +202,7 @@ class Restorer:
             out = self.model.router(*self._router_input(img))
             logits, prior = out.logits, out.prior
         weights = self.model.router_weights(logits)[0]
-        return Analysis(self.experts, weights.cpu().tolist(), logits[0].cpu().tolist(), prior)
+        return Analysis(self.experts, weights.cpu().tolist(), logits[0].cpu().tolist(), prior, len(boxes))
 
     def auto_tile(self, height: int, width: int, buffers: int = 0) -> int:
         """Tile side. On a CPU: the fastest side for this network, shrunk until one tile and its band

@@ -12,6 +12,7 @@ from PIL import Image, ImageCms
 
 from lorair_desktop import imageio
 from lorair_desktop.cli import main
+from lorair_desktop.core.router import context_boxes
 
 
 def _rgb(h: int = 40, w: int = 56, seed: int = 0) -> np.ndarray:
@@ -208,5 +209,11 @@ def test_analyze_and_models(small_model_path, tmp_path, capsys) -> None:
     data = json.loads(out)
     assert rc == 0 and data["top_expert"] == max(data["router_weights"], key=data["router_weights"].get)
     assert abs(sum(data["router_weights"].values()) - 1) < 1e-5
+    assert data["router_crops"] == 0  # smaller than 1.5 router contexts: routed whole
+    big = tmp_path / "big.png"
+    Image.fromarray(np.tile(_rgb(), (8, 10, 1))).save(big)
+    rc, out, _ = _run(["analyze", str(big), "--model", str(small_model_path)], capsys)
+    h, w = np.asarray(Image.open(big)).shape[:2]
+    assert rc == 0 and f"(router: the mean over {len(context_boxes(h, w, 256))} crops of 256 px)" in out
     rc, out, _ = _run(["models", "--json"], capsys)
     assert rc == 0 and any(r["name"] == "lorair-compact" for r in json.loads(out))
