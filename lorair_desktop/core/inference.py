@@ -188,21 +188,19 @@ class Restorer:
 
     @torch.inference_mode()
     def analyze(self, image: np.ndarray) -> Analysis:
-        """The router's expert weights and degradation prior for the whole image: the mean logits
-        and prior over the router's context crops where the image is bigger than one context
-        (router.context_boxes), else from the image at once."""
+        """The router's expert weights and degradation prior for the whole image: from the mean
+        features of the router's context crops where the image is bigger than one context
+        (router.context_boxes, DGRouter.route_crops), else from the image at once."""
         img = check_image(image)
         boxes = context_boxes(*img.shape[:2], self.model.cfg.router.context)
         if boxes:
             crops = torch.stack([self._to_tensor(to_float(img[y0 : y0 + ch, x0 : x0 + cw]))[0]
                                  for y0, x0, ch, cw in boxes])
-            out = self.model.router(crops)
-            logits, prior = out.logits.mean(0, keepdim=True), out.prior.mean(0, keepdim=True)
+            out = self.model.router.route_crops(crops)
         else:
             out = self.model.router(*self._router_input(img))
-            logits, prior = out.logits, out.prior
-        weights = self.model.router_weights(logits)[0]
-        return Analysis(self.experts, weights.cpu().tolist(), logits[0].cpu().tolist(), prior, len(boxes))
+        weights = self.model.router_weights(out.logits)[0]
+        return Analysis(self.experts, weights.cpu().tolist(), out.logits[0].cpu().tolist(), out.prior, len(boxes))
 
     def auto_tile(self, height: int, width: int, buffers: int = 0) -> int:
         """Tile side. On a CPU: the fastest side for this network, shrunk until one tile and its band

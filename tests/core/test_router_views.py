@@ -72,14 +72,16 @@ def test_an_image_bigger_than_the_context_is_routed_as_the_mean_of_its_context_c
     boxes = context_boxes(600, 840, 256)
     assert len(boxes) == 4
     with torch.inference_mode():
-        crops = torch.stack([torch.from_numpy(img[y : y + h, x : x + w].transpose(2, 0, 1).copy())
-                             for y, x, h, w in boxes])
-        out = model.router(crops)
-    assert np.allclose(a.logits, out.logits.mean(0).numpy(), atol=1e-4)
-    assert torch.allclose(a.prior[0], out.prior.mean(0), atol=1e-4)
-    # the crops differ (clean on the left, noisy on the right): the mean is none of them
-    assert (out.logits[0] - out.logits[1]).abs().max() > 1.0
-    assert not any(np.allclose(a.logits, row.numpy(), atol=0.1) for row in out.logits)
+        crops = [torch.from_numpy(img[y : y + h, x : x + w].transpose(2, 0, 1).copy())[None] for y, x, h, w in boxes]
+        # each crop on its own through the tower; the head reads the mean of their features
+        feats = torch.cat([model.router.features(c) for c in crops])
+        ref = model.router.from_features(feats.mean(0, keepdim=True))
+        single = model.router.from_features(feats)
+    assert np.allclose(a.logits, ref.logits[0].numpy(), atol=1e-4)
+    assert torch.allclose(a.prior, ref.prior, atol=1e-4)
+    # the crops differ (clean on the left, noisy on the right): the image's routing is none of theirs
+    assert (single.logits[0] - single.logits[1]).abs().max() > 1.0
+    assert not any(np.allclose(a.logits, row.numpy(), atol=0.1) for row in single.logits)
     # an image of about one context is routed whole, as before
     small = img[:300, :360]
     whole = restorer.analyze(small)
