@@ -63,7 +63,7 @@ class Analysis:
     router_weights: list[float]
     logits: list[float]
     prior: torch.Tensor = field(repr=False)
-    crops: int = 0  # router-sized crops the image was routed over (router.context_boxes); 0: whole
+    crops: int = 0  # router-sized crops the image was routed through (router.context_boxes); 0: whole
 
     @property
     def top_expert(self) -> str:
