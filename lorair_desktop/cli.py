@@ -110,8 +110,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     else:
         for name, w in a.weights_dict().items():
             print(f"{name:>10} {w:5.2f} {'#' * round(w * 40)}")
-        seen = (f"the mean over {a.crops} crops of {restorer.model.cfg.router.context} px" if a.crops
-                else "the whole image")
+        seen = f"{a.crops} crops of {restorer.model.cfg.router.context} px" if a.crops else "the whole image"
         print(f"top expert: {a.top_expert} (router: {seen})")
     return 0
 

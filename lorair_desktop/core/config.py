@@ -77,10 +77,10 @@ class RouterConfig:
     head_hidden: int = 256
     pretrained: str | None = None  # open_clip pretrained tag or local file (then tower frozen)
     freeze_tower: bool = False
-    # Side of the crops the router was trained on (its "context"): a bigger image is routed as the
-    # mean over a grid of such crops at full resolution (router.context_boxes), since a whole photo
-    # squeezed into the global view looks unlike anything it learnt. 0: the whole image at once, as
-    # the paper's router (trained on whole images) routes.
+    # Side of the crops the router was trained on (its "context"): a bigger image is routed through a
+    # grid of such crops at full resolution (router.context_boxes, DGRouter.route_crops), since a whole
+    # photo squeezed into the global view looks unlike anything it learnt. 0: the whole image at once,
+    # as the paper's router (trained on whole images) routes.
     context: int = 0
 
 

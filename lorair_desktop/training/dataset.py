@@ -393,8 +393,8 @@ def build_validation_set(
     quantize: bool = True,
 ) -> list[ValSample]:
     """Fixed validation items: for each image, its ``crops_per_image`` most textured crops (see
-    ``fixed_crops``; ``crop_size`` 0: the whole image), each degraded by every name in ``names`` and every combination
-    in ``mixed`` (``degrade_mixed``), with seeds from ``(seed, image, crop, row)``."""
+    ``fixed_crops``; ``crop_size`` 0: the whole image), each degraded by every name in ``names`` and
+    every combination in ``mixed`` (``degrade_mixed``), with seeds from ``(seed, image, crop, row)``."""
     rows: list[tuple[str, int, tuple[str, ...]]] = [(n, i, (n,)) for i, n in enumerate(names)]
     rows += [("+".join(combo), -1, tuple(combo)) for combo in mixed]
     out: list[ValSample] = []

@@ -214,6 +214,6 @@ def test_analyze_and_models(small_model_path, tmp_path, capsys) -> None:
     Image.fromarray(np.tile(_rgb(), (8, 10, 1))).save(big)
     rc, out, _ = _run(["analyze", str(big), "--model", str(small_model_path)], capsys)
     h, w = np.asarray(Image.open(big)).shape[:2]
-    assert rc == 0 and f"(router: the mean over {len(context_boxes(h, w, 256))} crops of 256 px)" in out
+    assert rc == 0 and f"(router: {len(context_boxes(h, w, 256))} crops of 256 px)" in out
     rc, out, _ = _run(["models", "--json"], capsys)
     assert rc == 0 and any(r["name"] == "lorair-compact" for r in json.loads(out))
