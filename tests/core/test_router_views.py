@@ -54,7 +54,7 @@ def test_context_boxes_grid_the_image_in_router_sized_crops() -> None:
         assert 0 <= y <= 517 - h and 0 <= x <= 731 - w
 
 
-def test_an_image_bigger_than_the_context_is_routed_as_the_mean_of_its_context_crops() -> None:
+def test_an_image_bigger_than_the_context_is_routed_through_its_context_crops() -> None:
     import numpy as np
 
     from lorair_desktop.core import Restorer, load_model
