@@ -38,7 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fp32 (default: the model's own numbers, alike on every machine) | auto | bf16 | fp16")
     p.add_argument("--out", type=Path, default=None, help="folder for eval.json and eval.md")
     p.add_argument("--quick", action="store_true", help=f"only {QUICK_IMAGES} images and fewer router crops")
-    p.add_argument("--baselines", action="store_true", help="also run CBM3D, Wiener and the dark channel prior (slow)")
+    p.add_argument("--baselines", nargs="?", const="all", default="", choices=("all", "fast"),
+                   help="also run CBM3D, Wiener and the dark channel prior (slow); 'fast': all but CBM3D, which "
+                        "takes minutes per whole photo")
     p.add_argument("--images", type=int, default=None, help="use at most this many images")
     p.add_argument("--crop", type=int, default=256,
                    help="side of the fixed evaluation crops; 0: whole photos, routed and tiled as a user's photo "

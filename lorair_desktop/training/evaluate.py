@@ -120,6 +120,7 @@ class EvalRow:
     # "GT-mean" PSNR low-light papers report beside the plain one, to separate guess from restoration.
     exposure_matched: bool = False
     components: tuple[str, ...] = ()  # a mixed row's degradations
+    slow_baseline: bool = False  # minutes per photo (CBM3D): left out by `--baselines fast`
 
     @property
     def forced_mix(self) -> dict[str, float]:
@@ -141,6 +142,7 @@ def _noise_row(sigma: int) -> EvalRow:
         "CBM3D",
         lambda y, _c, info: B.cbm3d(y, info["sigma255"]),
         f"additive Gaussian noise σ = {sigma}/255",
+        slow_baseline=True,
     )
 
 
@@ -203,7 +205,7 @@ class EvalSettings:
     crops_per_image: int = 1
     router_crops: int = 4  # crops per image for the router's confusion matrix
     seed: int = 0
-    baselines: bool = False
+    baselines: str = ""  # "all", "fast" (every baseline but the slow ones: CBM3D) or "" (none)
     tile: int | None = None  # force tiled inference with this tile side
     ensemble: int = 1  # self-ensemble passes per restore (see core.inference.ENSEMBLES)
     forced: bool = False  # also restore every crop with the row's own experts forced (EvalRow.forced_mix)
@@ -256,7 +258,8 @@ def evaluate_rows(restorer: Restorer, bank: ImageBank, settings: EvalSettings) -
                 exposure["psnr"].append(psnr(exposure_matched(res.image, clean), clean))
                 exposure["clean_mean"].append(float(clean.mean()))
                 exposure["model_mean"].append(float(res.image.mean()))
-            if settings.baselines and row.baseline_fn is not None:
+            if settings.baselines and row.baseline_fn is not None and not (
+                    settings.baselines == "fast" and row.slow_baseline):
                 t0 = time.perf_counter()
                 out = row.baseline_fn(deg, clean, info)
                 t_base += time.perf_counter() - t0

@@ -156,6 +156,13 @@ def test_eval_cli_baselines(small_model_path: Path, photo_folder: Path, tmp_path
         assert by[row]["baseline"]["psnr"] > by[row]["input"]["psnr"] + 1, row
     t = {x["target"]: x for x in report["targets"]}
     assert t["noise σ25: model − CBM3D"]["value"] is not None
+    # 'fast': every baseline but CBM3D (minutes per whole photo), the same numbers for the others
+    fast = run_eval(small_model_path, photo_folder, tmp_path / "fast", "--images", "1", "--baselines", "fast",
+                    "--router-crops", "1")
+    fby = {r["row"]: r for r in fast["rows"]}
+    assert all("baseline" not in fby[f"noise σ{s}"] for s in (15, 25, 50))
+    for row in ("blur σ2", "haze"):
+        assert fby[row]["baseline"]["psnr"] == by[row]["baseline"]["psnr"], row
 
 
 def test_eval_compare_reports_the_change_per_row_and_refuses_other_crops(
