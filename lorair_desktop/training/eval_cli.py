@@ -91,8 +91,8 @@ def run(args: argparse.Namespace) -> int:
     before = read_report(args.compare) if args.compare is not None else None  # a bad file fails before the run
     settings = EvalSettings(
         crop=args.crop,
-        crops_per_image=1 if args.crop == 0 else args.crops_per_image,
-        router_crops=1 if args.crop == 0 else min(args.router_crops, 2) if args.quick else args.router_crops,
+        crops_per_image=args.crops_per_image,
+        router_crops=min(args.router_crops, 2) if args.quick else args.router_crops,
         seed=args.seed,
         baselines=args.baselines,
         tile=args.tile,

@@ -211,6 +211,10 @@ class EvalSettings:
     forced: bool = False  # also restore every crop with the row's own experts forced (EvalRow.forced_mix)
     rows: Sequence[EvalRow] = EVAL_ROWS + MIXED_ROWS
 
+    def __post_init__(self) -> None:
+        if self.crop == 0:  # whole photos: one per image, for the rows and the router's matrix alike
+            self.crops_per_image = self.router_crops = 1
+
 
 def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
