@@ -44,6 +44,7 @@ from .trainer import (
     load_or_init,
     read_run_info,
     stage_config_dict,
+    tuned_base,
     write_run_info,
 )
 
@@ -79,6 +80,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context", type=int, default=None, help="crop the router sees (default 256)")
     p.add_argument("--full", action=argparse.BooleanOptionalAction, default=None,
                    help="experts stage: fine-tune the base network too")
+    p.add_argument("--tune-base", default=None, metavar="MODULE,...",
+                   help="experts stage: fine-tune the base weights of these network modules too (e.g. "
+                   "'middle.blocks.2,middle.blocks.3', the blocks a grown network added), the rest kept as it is")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (CUDA or CPUs with AMX)")
     p.add_argument("--run-dir", type=Path, default=None, help="where checkpoints live (default: user cache)")
@@ -180,7 +184,7 @@ def parse_tasks(spec: str | None, experts: tuple[str, ...]) -> list[float] | Non
 #: continues as it was started: the same schedule, the same trained parameters (--full), the same data mix.
 OPTION_DEFAULTS: dict[str, object] = {
     "crop": None, "full": False, "bf16": False, "seed": 0, "tasks": None, "crops_per_context": 1, "mixed": 0.0,
-    "flat_crops": FLAT_KEEP_PROB, "time_schedule": False, "anchor_prior": False,
+    "flat_crops": FLAT_KEEP_PROB, "time_schedule": False, "anchor_prior": False, "tune_base": None,
 }
 
 
@@ -194,7 +198,8 @@ def stage_options(args: argparse.Namespace, stage: str, recipe: dict | None, sha
         if value is None and recipe and recipe.get(name) is not None:
             value = None if name == "tasks" and recipe[name] == "all" else recipe[name]
             if value is not None and value != default:
-                o.restored.append(f"--{name.replace('_', '-')} {value}" if value is not True else f"--{name}")
+                shown = ",".join(value) if isinstance(value, list) else value
+                o.restored.append(f"--{name.replace('_', '-')} {shown}" if value is not True else f"--{name}")
         setattr(o, name, default if value is None else value)
     o.minutes = None if args.minutes is None else args.minutes * share
     if o.minutes is None and o.time_schedule and recipe and recipe.get("minutes"):
@@ -206,24 +211,27 @@ def stage_options(args: argparse.Namespace, stage: str, recipe: dict | None, sha
         raise LoraIRError("--time-schedule fits the schedule to --minutes", "add --minutes N")
     if not 0.0 <= o.mixed < 1.0:
         raise LoraIRError(f"--mixed is a fraction of the samples, got {o.mixed}", "use e.g. --mixed 0.2")
+    if isinstance(o.tune_base, str):  # a recorded recipe holds the list
+        o.tune_base = [m.strip() for m in o.tune_base.split(",") if m.strip()]
+    o.tune_base = tuple(o.tune_base or ()) if stage == "experts" else ()
+    if o.tune_base and o.full:
+        raise LoraIRError("--tune-base fine-tunes part of the base, --full all of it", "choose one of them")
     if not 0.0 <= o.flat_crops <= 1.0:
         raise LoraIRError(f"--flat-crops is a fraction of the crops, got {o.flat_crops}", "use e.g. --flat-crops 0.3")
     return o
 
 
-def fewer_blocks(src: NetConfig, dst: NetConfig) -> bool:
-    """dst is src with some NAFBlocks left out (per level, the last ones): same widths and levels."""
-    if dataclasses.replace(src, enc_blocks=dst.enc_blocks, middle_blocks=dst.middle_blocks,
-                           dec_blocks=dst.dec_blocks) != dst or src == dst:
-        return False
-    pairs = [*zip(dst.enc_blocks, src.enc_blocks, strict=True), *zip(dst.dec_blocks, src.dec_blocks, strict=True),
-             (dst.middle_blocks, src.middle_blocks)]
-    return all(d <= s for d, s in pairs)
+def other_blocks(src: NetConfig, dst: NetConfig) -> bool:
+    """dst is src with NAFBlocks left out or added (per level, at the end): same widths and levels."""
+    return src != dst and dataclasses.replace(
+        src, enc_blocks=dst.enc_blocks, middle_blocks=dst.middle_blocks, dec_blocks=dst.dec_blocks) == dst
 
 
 def seed_run(run_dir: Path, cfg: ModelConfig, source: Path, seed: int, router_only: bool) -> None:
-    """A new run started from ``source``: its router alone (the rest fresh), or all its weights; a
-    network with fewer NAFBlocks keeps the rest of the source's weights (a faster network to tune)."""
+    """A new run started from ``source``: its router alone (the rest fresh), or all its weights. A
+    network with fewer NAFBlocks keeps the rest of the source's weights (a faster network to tune);
+    one with more starts its new blocks as the identity (a NAFBlock's residual scales beta and gamma
+    are zero at init, its experts' B too), so it restores exactly as the source until trained."""
     flag = "--router-from" if router_only else "--init-from"
     if (run_dir / "model.safetensors").exists():
         raise LoraIRError(f"{flag} starts a new run, but {run_dir} already holds one",
@@ -232,14 +240,14 @@ def seed_run(run_dir: Path, cfg: ModelConfig, source: Path, seed: int, router_on
     same = src.cfg.router == cfg.router and tuple(src.experts) == tuple(cfg.experts)
     # a preset of higher LoRA rank may start from a trained lower-rank model: same outputs, more room
     grow = src.cfg.lora.rank < cfg.lora.rank and src.cfg.lora.top_k == cfg.lora.top_k
-    shrink = src.cfg.lora == cfg.lora and fewer_blocks(src.cfg.net, cfg.net)
+    reshaped = src.cfg.lora == cfg.lora and other_blocks(src.cfg.net, cfg.net)
     if not router_only:
-        same = same and ((src.cfg.net == cfg.net and (src.cfg.lora == cfg.lora or grow)) or shrink)
+        same = same and ((src.cfg.net == cfg.net and (src.cfg.lora == cfg.lora or grow)) or reshaped)
     if not same:
         part = "router" if router_only else "network"
         raise LoraIRError(f"{source.name}'s {part} differs from the {cfg.name} {part} (config or experts)",
                           "use a checkpoint of the same preset, of the same network with a lower LoRA rank, "
-                          "or of a network with more blocks")
+                          "or of the same network with other block counts")
     torch.manual_seed(seed)
     model = LoRAIR(cfg)
     if router_only:
@@ -252,7 +260,8 @@ def seed_run(run_dir: Path, cfg: ModelConfig, source: Path, seed: int, router_on
     else:
         # blocks are numbered from 0 in every level, so the kept ones have the source's names
         theirs = src.state_dict()
-        model.load_state_dict({k: theirs[k] for k in model.state_dict()})
+        loaded = model.load_state_dict({k: v for k, v in theirs.items() if k in model.state_dict()}, strict=False)
+        assert all(".blocks." in k for k in loaded.missing_keys), loaded.missing_keys  # only added blocks are new
     model.prior_prototypes = src.prior_prototypes  # every branch keeps the source's router, so they hold
     run_dir.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model, run_dir / "model.safetensors")
@@ -312,6 +321,10 @@ def run(args: argparse.Namespace) -> int:
         if o.restored:
             print(f"resuming {st} with its recorded options: {' '.join(o.restored)}", file=sys.stderr)
         options[st] = o
+    if args.tune_base and args.stage not in ("experts", "all"):
+        raise LoraIRError("--tune-base is for the experts stage", "add --stage experts")
+    if "experts" in options and options["experts"].tune_base:
+        tuned_base(LoRAIR(cfg), options["experts"].tune_base)  # an unknown module is refused before any training
     seed = 0 if args.seed is None else args.seed
     rank, world = ddp_info()  # under torchrun: joins the process group; rank 0 alone writes the run folder
     source = args.router_from or args.init_from
@@ -369,6 +382,7 @@ def run(args: argparse.Namespace) -> int:
                 batch=o.batch,
                 lr=o.lr,
                 full=o.full,
+                tune_base=o.tune_base,
                 bf16=o.bf16,
                 seed=o.seed,
                 val_every=args.val_every,

@@ -56,6 +56,9 @@ class StageConfig:
     clip: float = 1.0
     crops_per_context: int = 1  # network crops cut from each router context (same prior for each)
     full: bool = False  # experts stage: fine-tune the base too
+    # experts stage: fine-tune the base weights of these network modules too (name prefixes, e.g. the
+    # blocks a grown network added), the rest of the base kept as it is
+    tune_base: tuple[str, ...] = ()
     # experts stage: experts trained on no data here (left out of --tasks), kept exactly as they are
     frozen_experts: tuple[int, ...] = ()
     anchor_prior: bool = False  # router stage: keep the prior the network knows (training.anchor)
@@ -90,6 +93,17 @@ def ddp_info() -> tuple[int, int]:
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
+def tuned_base(model: LoRAIR, modules: tuple[str, ...]) -> list[torch.nn.Parameter]:
+    """The base (non-LoRA) parameters of the network modules named by ``modules`` (name prefixes)."""
+    base = [(n, p) for n, p in model.net.named_parameters() if ".lora_" not in n]
+    for m in modules:
+        if not any(n.startswith(m + ".") for n, _ in base):
+            tops = sorted({n.split(".")[0] for n, _ in base})
+            raise LoraIRError(f"--tune-base: the network has no module {m!r} with base weights",
+                              f"name modules by their path, e.g. {', '.join(tops[:6])} or middle.blocks.2")
+    return [p for n, p in base if any(n.startswith(m + ".") for m in modules)]
+
+
 def trainable_params(model: LoRAIR, sc: StageConfig) -> list[torch.nn.Parameter]:
     groups = model.parameter_groups()
     model.requires_grad_(False)
@@ -102,7 +116,7 @@ def trainable_params(model: LoRAIR, sc: StageConfig) -> list[torch.nn.Parameter]
     elif sc.stage == "base":
         params = groups["base"]
     else:
-        params = groups["experts"] + (groups["base"] if sc.full else [])
+        params = groups["experts"] + (groups["base"] if sc.full else tuned_base(model, sc.tune_base))
     for p in params:
         p.requires_grad_(True)
     return params

@@ -281,27 +281,65 @@ def test_init_from_a_lower_rank_grows_the_experts(tiny_config: Path, photo_folde
     assert rc == 2 and not (tmp_path / "bad").exists()
 
 
-def test_init_from_a_network_with_more_blocks_keeps_the_rest(
-    tiny_config: Path, photo_folder: Path, tmp_path: Path
-) -> None:
+def test_init_from_a_network_with_other_block_counts(tiny_config: Path, photo_folder: Path, tmp_path: Path) -> None:
     """A faster network (full-resolution blocks left out) starts from every weight the trained one
-    shares with it; a network with a block the source lacks is refused."""
+    shares with it; a deeper one (blocks added) restores exactly as its source until trained; a
+    network of another width is refused."""
+    from lorair_desktop.core.inference import Restorer
+
     train(tiny_config, photo_folder, tmp_path / "src", "experts", 2, "--lr", "1e-2", "--full")
     src_path = tmp_path / "src" / "model.safetensors"
     cfg = json.loads(tiny_config.read_text())
-    lite_cfg = tmp_path / "lite.json"
-    lite_cfg.write_text(json.dumps({**cfg, "net": {**cfg["net"], "enc_blocks": [0, 1], "dec_blocks": [1, 0]}}))
-    rc = main(["train", "--preset", str(lite_cfg), "--stage", "experts", "--data", str(photo_folder), "--steps", "1",
-               "--lr", "1e-12", "--full", "--run-dir", str(tmp_path / "lite"), "--init-from", str(src_path)])
-    assert rc == 0
+
+    def seeded(name: str, net: dict, source: Path) -> int:
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({**cfg, "net": {**cfg["net"], **net}}))
+        return main(["train", "--preset", str(path), "--stage", "experts", "--data", str(photo_folder), "--steps",
+                     "1", "--lr", "1e-12", "--full", "--run-dir", str(tmp_path / name), "--init-from", str(source)])
+
+    assert seeded("lite", {"enc_blocks": [0, 1], "dec_blocks": [1, 0]}, src_path) == 0
     src, lite = load_file(str(src_path)), load_file(str(tmp_path / "lite" / "model.safetensors"))
     dropped = set(src) - set(lite)
     assert not set(lite) - set(src) and dropped
     assert all(k.startswith(("net.encoders.0.blocks.", "net.decoders.1.blocks.")) for k in dropped), dropped
     assert all(torch.allclose(src[k], lite[k], atol=1e-6) for k in lite)
-    rc = main(["train", "--preset", str(tiny_config), "--stage", "experts", "--data", str(photo_folder),
-               "--run-dir", str(tmp_path / "bad"), "--init-from", str(tmp_path / "lite" / "model.safetensors")])
-    assert rc == 2 and not (tmp_path / "bad").exists()
+
+    assert seeded("deep", {"middle_blocks": 3}, src_path) == 0
+    deep = load_file(str(tmp_path / "deep" / "model.safetensors"))
+    added = set(deep) - set(src)
+    assert added and all(k.startswith(("net.middle.blocks.1.", "net.middle.blocks.2.")) for k in added), added
+    img = np.random.default_rng(5).random((48, 40, 3)).astype(np.float32)
+    a = Restorer(load_checkpoint(src_path), device="cpu", precision="fp32").restore(img).image
+    b = Restorer(load_checkpoint(tmp_path / "deep" / "model.safetensors"), device="cpu", precision="fp32")
+    assert np.abs(a - b.restore(img).image).max() < 1e-5
+
+    assert seeded("wide", {"width": 12}, src_path) == 2 and not (tmp_path / "wide").exists()
+
+
+def test_tune_base_trains_the_named_blocks_only(tiny_config: Path, photo_folder: Path, tmp_path: Path) -> None:
+    """`--tune-base` trains the experts and the base weights of the named modules (the blocks a deeper
+    network added); every other base weight stays bit for bit. An unknown module, or one with --full,
+    is refused before a run folder is made."""
+    train(tiny_config, photo_folder, tmp_path / "src", "base", 2)
+    cfg = json.loads(tiny_config.read_text())
+    deep_cfg = tmp_path / "deep.json"
+    deep_cfg.write_text(json.dumps({**cfg, "net": {**cfg["net"], "middle_blocks": 2}}))
+    info = train(deep_cfg, photo_folder, tmp_path / "run", "experts", 6, "--lr", "3e-3", "--tune-base",
+                 "middle.blocks.1", "--init-from", str(tmp_path / "src" / "model.safetensors"))
+    assert info["recipe"]["experts"]["tune_base"] == ["middle.blocks.1"]
+    a = load_file(str(tmp_path / "src" / "model.safetensors"))
+    b = load_file(str(tmp_path / "run" / "model.safetensors"))
+    tuned = [k for k in b if k.startswith("net.middle.blocks.1.") and ".lora_" not in k]
+    assert tuned and all(not torch.equal(b[k], torch.zeros_like(b[k])) for k in tuned if k.endswith(".beta"))
+    for k in a:
+        if k.startswith("net.") and ".lora_" not in k:
+            assert torch.equal(a[k], b[k]), k  # the source's base: untouched
+    assert any(not torch.equal(a[k], b[k]) for k in a if ".lora_" in k)  # the experts learnt
+    for bad in (["--tune-base", "middle.blocks.7"], ["--tune-base", "middle", "--full"],
+                ["--tune-base", "middle", "--stage", "base"]):
+        rc = main(["train", "--preset", str(deep_cfg), "--stage", "experts", "--data", str(photo_folder),
+                   "--run-dir", str(tmp_path / "bad"), *bad])
+        assert rc == 2 and not (tmp_path / "bad").exists(), bad
 
 
 def test_one_trainer_per_run_folder(tiny_config: Path, photo_folder: Path, tmp_path: Path) -> None:
@@ -429,6 +467,9 @@ def test_resume_options_come_from_the_recipe(tmp_path: Path) -> None:
     assert (fresh.full, fresh.bf16, fresh.seed, fresh.mixed, fresh.crops_per_context, fresh.restored) == (
         False, False, 0, 0.0, 1, [])
     assert fresh.flat_crops == FLAT_KEEP_PROB
+    tuned = {**recipe, "full": False, "tune_base": ["middle.blocks.2"]}
+    grown = stage_options(parser.parse_args([]), "experts", tuned, 1.0)
+    assert grown.tune_base == ("middle.blocks.2",) and "--tune-base middle.blocks.2" in grown.restored
     with pytest.raises(LoraIRError, match="--flat-crops"):
         stage_options(parser.parse_args(["--flat-crops", "1.5"]), "experts", None, 1.0)
     assert stage_options(parser.parse_args(["--minutes", "10"]), "base", recipe, 0.5).minutes == 5.0
