@@ -329,8 +329,8 @@ def test_tune_base_trains_the_named_blocks_only(tiny_config: Path, photo_folder:
     assert info["recipe"]["experts"]["tune_base"] == ["middle.blocks.1"]
     a = load_file(str(tmp_path / "src" / "model.safetensors"))
     b = load_file(str(tmp_path / "run" / "model.safetensors"))
-    tuned = [k for k in b if k.startswith("net.middle.blocks.1.") and ".lora_" not in k]
-    assert tuned and all(not torch.equal(b[k], torch.zeros_like(b[k])) for k in tuned if k.endswith(".beta"))
+    scales = [k for k in b if k.startswith("net.middle.blocks.1.") and k.endswith((".beta", ".gamma"))]
+    assert len(scales) == 2 and all(b[k].abs().sum() > 0 for k in scales)  # the added block learnt (from 0)
     for k in a:
         if k.startswith("net.") and ".lora_" not in k:
             assert torch.equal(a[k], b[k]), k  # the source's base: untouched
