@@ -294,6 +294,7 @@ def bench_memory_24mp(model_name: str | None, device: str) -> dict:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from .core import native
     from .core.cpu import bf16_fast
     from .core.device import select_device
 
@@ -315,7 +316,7 @@ def run(args: argparse.Namespace) -> int:
     gpu = torch.cuda.get_device_name(device) if device.startswith("cuda") else None
     report: dict = {"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                                 "torch": torch.__version__, "threads": torch.get_num_threads(), "device": device,
-                                "accelerator": gpu},
+                                "accelerator": gpu, "fused_kernels": native.status()},
                     "model": {"name": model.cfg.name, "weights": weights}}
     t_start = time.perf_counter()
     if "variants" not in skip:
@@ -355,7 +356,8 @@ def run(args: argparse.Namespace) -> int:
 
 def format_report(rep: dict) -> str:
     lines = [f"model {rep['model']['name']} ({rep['model']['weights']}) on {rep['machine']['device']}, "
-             f"{rep['machine']['threads']} threads, torch {rep['machine']['torch']}"]
+             f"{rep['machine']['threads']} threads, torch {rep['machine']['torch']}",
+             f"fused CPU kernels: {rep['machine'].get('fused_kernels', 'unknown')}"]
     if "restore" in rep:
         lines.append("\nrestore (route + experts merged + network), seconds per megapixel:")
         for r in rep["restore"]:

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import torch
 
+from . import native
 from .cpu import ThreadGovernor, keep_freed_memory, shared_governor
 from .device import inference_dtype, select_device
 from .errors import Cancelled, ImageError, LoraIRError
@@ -153,6 +154,8 @@ class Restorer:
         self.memory_budget_mb = memory_budget_mb
         # CPU: fewer threads while other programs hold cores (spinning OpenMP teams collapse then).
         self.governor: ThreadGovernor | None = shared_governor() if self.device.type == "cpu" else None
+        if self.device.type == "cpu":
+            native.library()  # the fused kernels built (~1 s, once per machine) now, not in the first restore
         self.model = model.to(self.device).eval()
         # Both ways: a model handed on from a channels_last restorer would otherwise keep its
         # channels_last weights, and every conv would convert the input back to channels_last.
