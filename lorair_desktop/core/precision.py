@@ -22,6 +22,7 @@ import platformdirs
 import torch
 from torch import nn
 
+from . import native
 from .cpu import bf16_fast, cpu_info
 
 log = logging.getLogger(__name__)
@@ -38,10 +39,12 @@ def cache_file() -> Path:
 
 
 def machine_key(layout: str) -> str:
-    """What the verdict depends on: the chip, its bf16 instructions, torch, threads, network shape."""
+    """What the verdict depends on: the chip, its bf16 instructions, torch, threads, network shape,
+    and whether the fused kernels run (they speed up both precisions, but not alike)."""
     name, flags = cpu_info()
     wide = ",".join(sorted({"amx_bf16", "avx512_bf16", "avx512f"} & flags))
-    return f"{name} [{wide}] torch {torch.__version__} threads {torch.get_num_threads()} {layout}"
+    fused = " fused" if native.library() is not None else ""
+    return f"{name} [{wide}] torch {torch.__version__} threads {torch.get_num_threads()}{fused} {layout}"
 
 
 @torch.inference_mode()
