@@ -69,15 +69,20 @@ static inline void f32_row_copy(const float *restrict src, float *restrict dst, 
 
 typedef void (*unit_fn)(const void *args, int64_t u0, int64_t u1, float *scratch);
 
+/* 1..LORAIR_MAX_THREADS threads, and no more than there are units */
+static int clamp_threads(int nthreads, int64_t n) {
+    if (nthreads < 1) nthreads = 1;
+    if (nthreads > LORAIR_MAX_THREADS) nthreads = LORAIR_MAX_THREADS;
+    return (int64_t)nthreads > n ? (n > 0 ? (int)n : 1) : nthreads;
+}
+
 #ifdef _OPENMP
 #include <omp.h>
 
 /* Runs fn over units [0, n) split over threads, each with `scratch` floats of its own.
  * Returns 0, or -2 where the scratch memory could not be had (nothing was run then). */
 static int run_units(unit_fn fn, const void *args, int64_t n, int nthreads, int64_t scratch) {
-    if (nthreads < 1) nthreads = 1;
-    if (nthreads > LORAIR_MAX_THREADS) nthreads = LORAIR_MAX_THREADS;
-    if ((int64_t)nthreads > n) nthreads = n > 0 ? (int)n : 1;
+    nthreads = clamp_threads(nthreads, n);
     float *mem = (float *)malloc((size_t)(nthreads * (scratch > 0 ? scratch : 1)) * sizeof(float));
     if (!mem) return -2;
 #pragma omp parallel num_threads(nthreads)
@@ -109,9 +114,7 @@ static void *unit_thread(void *arg) {
 /* Runs fn over units [0, n) split over threads, each with `scratch` floats of its own.
  * Returns 0, or -2 where the scratch memory could not be had (nothing was run then). */
 static int run_units(unit_fn fn, const void *args, int64_t n, int nthreads, int64_t scratch) {
-    if (nthreads < 1) nthreads = 1;
-    if (nthreads > LORAIR_MAX_THREADS) nthreads = LORAIR_MAX_THREADS;
-    if ((int64_t)nthreads > n) nthreads = n > 0 ? (int)n : 1;
+    nthreads = clamp_threads(nthreads, n);
     float *mem = (float *)malloc((size_t)(nthreads * (scratch > 0 ? scratch : 1)) * sizeof(float));
     if (!mem) return -2;
     unit_task tasks[LORAIR_MAX_THREADS];

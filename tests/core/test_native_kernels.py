@@ -175,3 +175,18 @@ def test_lorair_native_0_turns_them_off() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "LORAIR_NATIVE": "0"})
     assert out.returncode == 0 and out.stdout.strip() == "off (LORAIR_NATIVE=0)"
+
+
+def test_the_posix_threads_build_passes_its_check_too(monkeypatch, tmp_path) -> None:
+    """Where PyTorch's OpenMP runtime cannot be shared (macOS, say), the kernels are built without
+    OpenMP; that build must pass the same check against PyTorch and agree with it here."""
+    if native._compiler() is None:
+        pytest.skip("no C compiler here")
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setattr(native, "_openmp_runtime", lambda: None)
+    monkeypatch.setenv("LORAIR_NATIVE_CACHE", str(tmp_path))
+    assert native.status() == "on (POSIX threads)"
+    x, w, b = _rand(1, 32, 40, 30), torch.randn(32), torch.randn(32)
+    with torch.no_grad():
+        _close(native.layer_norm_nhwc(x, w, b, 1e-6),
+               F.layer_norm(x.permute(0, 2, 3, 1), (32,), w, b, 1e-6).permute(0, 3, 1, 2))
