@@ -128,7 +128,7 @@ class ChannelPool(nn.Module):
         up = F.interpolate(att, scale_factor=step, mode="bilinear", align_corners=False)
         return up[..., : size[0], : size[1]]
 
-    def apply(self, x: Tensor, att: Tensor) -> Tensor:  # type: ignore[override]
+    def attend(self, x: Tensor, att: Tensor) -> Tensor:
         """x times its attention (from forward's grid, through sca): where att is a grid of cells,
         upsampled and multiplied in one pass by the fused kernel if it applies."""
         size = (x.shape[-2], x.shape[-1])
@@ -159,7 +159,7 @@ class NAFBlock(nn.Module):
         x = self.conv2(self.conv1(self.norm1(inp)))  # (B, 2C, H, W)
         x, cell_means = self.gate(x)  # SimpleGate -> (B, C, H, W)
         att = self.sca(self.pool(x, cell_means))  # simplified channel attention: (B, C, 1, 1) or a coarse TLC grid
-        y = inp + self.conv3(self.pool.apply(x, att), out_scale=self.beta)
+        y = inp + self.conv3(self.pool.attend(x, att), out_scale=self.beta)
         a, b = self.conv4(self.norm2(y)).chunk(2, dim=1)
         return y + self.conv5(a * b, out_scale=self.gamma)
 
