@@ -3,7 +3,7 @@
 Why: between its convolutions this network is memory-bound, and a few of PyTorch's ops there are
 far from the memory's speed on channels_last tensors. Layer norm over rows of 16-32 channels spends
 ~20 ns a row (992² x 16: 10.6 ms, against 2.4 ms to copy the tensor; the C kernel, written for
-the row length: ~2 ms); TLC's cell means, the upsampling of its attention and the decoder's
+the row length: 2.2-2.7 ms); TLC's cell means, the upsampling of its attention and the decoder's
 pixel_shuffle each take a pass over a full-size tensor that a fused kernel saves. Measured on the
 lite network (992² tile, 2 cores, `lorair bench --quick`): the backbone ~18 % faster in fp32 and
 ~22 % in bf16.
@@ -116,13 +116,13 @@ def _build(cc: str) -> Path:
     """The compiled library in the cache, built now if missing (into a temporary file renamed into
     place, so that two processes building at once never load a half-written file). With OpenMP
     where PyTorch's runtime can be shared, else with POSIX threads; -march=native where accepted."""
-    source = SOURCE.read_bytes()
+    source, machine = SOURCE.read_bytes(), _machine_id(cc).encode()
     openmp = [["-fopenmp"]] if _openmp_runtime() else []
     error = ["no message"]
     for extra in [*openmp, []]:
         for arch in (["-march=native"], []):  # some compilers (older clang on ARM) refuse -march=native
             flags = [*OPT_FLAGS, *extra, *arch, "-shared", "-fPIC", "-pthread"]
-            key = hashlib.sha256(source + " ".join(flags).encode() + _machine_id(cc).encode()).hexdigest()[:16]
+            key = hashlib.sha256(source + " ".join(flags).encode() + machine).hexdigest()[:16]
             out = _cache_dir() / f"lorair_kernels-{key}{'.dll' if os.name == 'nt' else '.so'}"
             if out.exists():
                 return out
@@ -203,11 +203,12 @@ def _self_check() -> None:
     x, w, b = rand(2, 16, 6, 10), torch.randn(16, generator=g), torch.randn(16, generator=g)
     x2, att, u = rand(2, 32, 6, 10), rand(2, 16, 3, 5), rand(2, 64, 3, 5)
     a, c = x2.chunk(2, 1)
+    gate, cells = gate_pool(x2, 2) or (None, None)
     checks = {
         "layer norm": (layer_norm_nhwc(x, w, b, 1e-6, residual=True),
                        x + F.layer_norm(x.permute(0, 2, 3, 1), (16,), w, b, 1e-6).permute(0, 3, 1, 2)),
-        "gate": ((gate_pool(x2, 2) or (None,))[0], a * c),
-        "cell means": ((gate_pool(x2, 2) or (None, None))[1], F.avg_pool2d(a * c, 2)),
+        "gate": (gate, a * c),
+        "cell means": (cells, F.avg_pool2d(a * c, 2)),
         "upsampled attention": (scale_by_grid(x, att, 2),
                                 x * F.interpolate(att, scale_factor=2, mode="bilinear", align_corners=False)),
         "pixel shuffle": (shuffle_add(u, x), F.pixel_shuffle(u, 2) + x),
@@ -226,9 +227,8 @@ def layer_norm_nhwc(x: Tensor, weight: Tensor, bias: Tensor, eps: float, *, resi
     included). None where no kernel applies (then use PyTorch): not on a CPU, gradients wanted,
     another layout, dtype or channel count, or no library here."""
     c = x.shape[1] if x.dim() == 4 else 0
-    if (c not in NORM_CHANNELS or x.device.type != "cpu" or x.dtype not in _KIND
-            or not x.is_contiguous(memory_format=torch.channels_last)
-            or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or bias.requires_grad))):
+    if c not in NORM_CHANNELS or not _usable(x) or (torch.is_grad_enabled() and (weight.requires_grad
+                                                                              or bias.requires_grad)):
         return None
     lib = library()
     if lib is None:
