@@ -124,3 +124,21 @@ def test_bench_compile_matches_eager_and_keeps_the_mix_an_input(small_model) -> 
     assert by_name["compiled, weights frozen"]["recompiled_for_new_mix"]
     assert not any(layer.merged for layer in lora_layers(small_model.net))  # handed back unmerged
     assert "compiling" in "\n".join(format_compile(rows))
+
+
+def test_gemm_peak_is_the_faster_of_both_dense_products() -> None:
+    """The efficiency column's peak takes oneDNN's 1x1 convolution as well as MKL's matrix product
+    (the network's convolutions run on oneDNN's kernels), and the report says which was which."""
+    from lorair_desktop.bench import bench_gemm, format_report
+
+    peak = bench_gemm(repeats=1, n=256)
+    for prec in ("fp32", "bf16"):
+        p = peak[prec]
+        assert p["matmul_gflops_per_s"] > 0 and p["conv1x1_gflops_per_s"] > 0
+        assert p["gflops_per_s"] == max(p["matmul_gflops_per_s"], p["conv1x1_gflops_per_s"])
+    row = {"variant": "plain backbone (no experts)", "side": 64, "seconds": 1.0, "ratio_to_plain": 1.0,
+           "gflops_per_s": peak["fp32"]["gflops_per_s"] / 2, "precision": "fp32", "device": "cpu"}
+    rep = {"model": {"name": "m", "weights": "w"}, "machine": {"device": "cpu", "threads": 2, "torch": "t"},
+           "backbone": [row], "gemm_peak": peak, "wall_s": 1.0}
+    text = format_report(rep)
+    assert "(50% of fp32 GEMM peak)" in text and "matrix product / 1x1 conv" in text

@@ -60,6 +60,8 @@ class LoRAConfig:
     rank: int = 4
     alpha: float = 8.0
     top_k: int = 1  # router weights keep the k largest logits, softmax over them
+    # ...and drop a share below this from that mix (routing.topk_softmax): 0 keeps the paper's top-k
+    min_share: float = 0.0
 
     @property
     def scale(self) -> float:
@@ -111,6 +113,9 @@ class ModelConfig:
                               f"list some of {list(self.experts)}, or [] for none")
         if not 1 <= self.lora.top_k <= len(self.experts):
             raise ConfigError(f"lora.top_k={self.lora.top_k} must lie in 1..{len(self.experts)}")
+        if not 0.0 <= self.lora.min_share < 1.0 / self.lora.top_k:
+            raise ConfigError(f"lora.min_share={self.lora.min_share} must lie in [0, 1/top_k)",
+                              "the largest of top_k shares is at least 1/top_k and must stay; 0 turns it off")
         if self.router.views not in ("paper", "native"):
             raise ConfigError(f"router.views={self.router.views!r} is not valid", "use 'paper' or 'native'")
         if self.router.resample not in ("bilinear", "bicubic"):

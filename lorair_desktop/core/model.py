@@ -56,7 +56,7 @@ class LoRAIR(nn.Module):
         return self.router(image)
 
     def router_weights(self, logits: Tensor) -> Tensor:
-        return topk_softmax(logits, self.cfg.lora.top_k)
+        return topk_softmax(logits, self.cfg.lora.top_k, self.cfg.lora.min_share)
 
     # -- expert mixing ------------------------------------------------------------------------
     def set_sample_mix(self, mix: Tensor | None) -> None:

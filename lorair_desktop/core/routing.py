@@ -1,6 +1,7 @@
 """From router logits to expert weights, and the user's manual overrides.
 
-Auto: keep the top-k logits, softmax over them (the others get 0), as LoRA-IR does.
+Auto: keep the top-k logits, softmax over them (the others get 0), as LoRA-IR does; a model may drop
+the shares below its `lora.min_share` from that mix (see topk_softmax).
 Manual: the user's weights, as given, for the experts they name; unnamed experts get 0, or keep the
 router's weight when `keep_router` is set. Weights must be finite and within [0, MAX_WEIGHT].
 
@@ -23,12 +24,21 @@ from .errors import ExpertError
 MAX_WEIGHT = 2.0
 
 
-def topk_softmax(logits: Tensor, k: int) -> Tensor:
-    """(..., E) logits -> weights summing to 1 over the k largest, exactly 0 elsewhere."""
+def topk_softmax(logits: Tensor, k: int, min_share: float = 0.0) -> Tensor:
+    """(..., E) logits -> weights summing to 1 over the k largest, exactly 0 elsewhere.
+
+    With ``min_share`` > 0 a share below it is dropped too and the rest renormalised: a router sure
+    of one degradation still gives the runner-up a few percent, and such a sliver of an unrelated
+    expert cost the shipped lite model up to 4 dB on a dark crop (the largest share, at least 1/k,
+    always stays: ModelConfig keeps min_share below 1/top_k)."""
     k = max(1, min(k, logits.shape[-1]))
     idx = logits.topk(k, dim=-1).indices
     masked = torch.full_like(logits, float("-inf")).scatter(-1, idx, logits.gather(-1, idx))
-    return masked.softmax(dim=-1)
+    weights = masked.softmax(dim=-1)
+    if min_share <= 0 or k == 1:
+        return weights
+    weights = torch.where(weights < min_share, torch.zeros_like(weights), weights)
+    return weights / weights.sum(dim=-1, keepdim=True)
 
 
 def steer_prior(prior: Tensor, router_weights: Sequence[float], applied: Sequence[float],

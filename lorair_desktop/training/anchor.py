@@ -31,6 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from ..core.config import LoRAConfig
 from ..core.model import PROTOTYPES_KEY, LoRAIR
 from ..core.router import DGRouter, RouterOutput
 from ..core.routing import topk_softmax
@@ -42,10 +43,10 @@ ANCHOR_FILE = "router-anchor.safetensors"
 class PriorAnchor:
     """The frozen router a stage started from, with its prototype priors."""
 
-    def __init__(self, router: DGRouter, prototypes: Tensor, top_k: int) -> None:
+    def __init__(self, router: DGRouter, prototypes: Tensor, lora: LoRAConfig) -> None:
         self.router = router.eval().requires_grad_(False)
         self.prototypes = prototypes.float()
-        self.top_k = top_k
+        self.lora = lora  # how logits become the expert mix (top_k, min_share)
 
     @classmethod
     def for_run(cls, run_dir: Path, model: LoRAIR, prototypes: Tensor | None, save: bool = True) -> PriorAnchor:
@@ -61,7 +62,7 @@ class PriorAnchor:
                 "start the run from a model that carries them (--init-from; the shipped ones do), or add them "
                 "with `python -m lorair_desktop.training.prototypes RUN/model.safetensors`",
             )
-        anchor = cls(copy.deepcopy(model.router), prototypes.to(device), model.cfg.lora.top_k)
+        anchor = cls(copy.deepcopy(model.router), prototypes.to(device), model.cfg.lora)
         if not save:
             return anchor
         tensors = {f"router.{k}": v.detach().cpu().contiguous() for k, v in anchor.router.state_dict().items()}
@@ -86,7 +87,7 @@ class PriorAnchor:
             raise LoraIRError(f"{path} does not belong to this run's model",
                               "delete it to anchor to the current router, or resume the run it came from")
         router.load_state_dict(state)
-        return cls(router, protos, model.cfg.lora.top_k)
+        return cls(router, protos, model.cfg.lora)
 
     def to(self, device: torch.device) -> PriorAnchor:
         self.router.to(device)
@@ -97,7 +98,7 @@ class PriorAnchor:
     def targets(self, images: Tensor, labels: Tensor) -> Tensor:
         """(B, P) target priors; ``labels`` are class indices (B,) or distributions (B, E)."""
         out = self.router(images)
-        mix = topk_softmax(out.logits.float(), self.top_k)
+        mix = topk_softmax(out.logits.float(), self.lora.top_k, self.lora.min_share)
         want = labels.float() if labels.is_floating_point() else F.one_hot(labels, mix.shape[-1]).float()
         return out.prior.float() + (want - mix) @ self.prototypes
 

@@ -32,7 +32,6 @@ from torch import Tensor
 from ..core.checkpoint import load_checkpoint, save_checkpoint
 from ..core.config import ModelConfig
 from ..core.model import LoRAIR
-from ..core.routing import topk_softmax
 from ..errors import LoraIRError
 from .anchor import PriorAnchor
 from .dataset import to_float
@@ -241,7 +240,7 @@ class StageRunner:
     def _prior_and_mix(self, deg: Tensor) -> tuple[Tensor, Tensor]:
         with torch.no_grad():
             r = self.model.route(deg)
-            return r.prior, topk_softmax(r.logits, self.model.cfg.lora.top_k)
+            return r.prior, self.model.router_weights(r.logits)  # the mix inference will use
 
     def loss_on(self, deg: Tensor, clean: Tensor, labels: Tensor, crop: int | None) -> Tensor:
         st = self.sc.stage

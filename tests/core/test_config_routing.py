@@ -77,6 +77,25 @@ def test_topk_softmax_keeps_k_and_sums_to_one() -> None:
     assert math.isclose(w2[0, 0].item(), 1 / (1 + math.exp(-1.0)), rel_tol=1e-6)
 
 
+def test_min_share_drops_a_sliver_of_the_runner_up_and_keeps_a_real_mix() -> None:
+    # row 0: 0.953 / 0.047, a router sure of one degradation; row 1: 0.525 / 0.475, a real mix
+    logits = torch.tensor([[3.0, 0.0, -1.0], [0.1, 0.0, -2.0]])
+    w = topk_softmax(logits, 2, min_share=0.1)
+    assert torch.equal(w[0], torch.tensor([1.0, 0.0, 0.0]))
+    assert torch.allclose(w[1], topk_softmax(logits, 2)[1])
+    assert torch.equal(topk_softmax(logits, 2, min_share=0.0), topk_softmax(logits, 2))
+
+
+def test_min_share_must_leave_the_largest_share() -> None:
+    d = json.loads(load_config("lorair-lite").to_json())
+    for bad in (-0.1, 0.5, 0.9):
+        d["lora"]["min_share"] = bad
+        with pytest.raises(ConfigError, match="min_share"):
+            config_from_dict(d)
+    d["lora"]["min_share"] = 0.1
+    assert config_from_dict(d).lora.min_share == 0.1
+
+
 def test_overrides_are_applied_exactly() -> None:
     router = [0.7, 0.3, 0.0]
     assert apply_overrides(router, None, EXPERTS) == router

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from lorair_desktop.cli import main
 from lorair_desktop.core.checkpoint import load_checkpoint, save_checkpoint
+from lorair_desktop.core.config import LoRAConfig
 from lorair_desktop.training import degradations as D
 from lorair_desktop.training.anchor import ANCHOR_FILE, PriorAnchor
 
@@ -49,7 +50,7 @@ def held_out() -> torch.Tensor:
 def test_targets_keep_a_right_routing_and_steer_a_wrong_one(routed: Path) -> None:
     model = load_checkpoint(routed)
     protos = model.prior_prototypes
-    anchor = PriorAnchor(model.router, protos, top_k=1)  # the tiny model routes top-1: mixes are one-hot
+    anchor = PriorAnchor(model.router, protos, LoRAConfig(top_k=1))  # the tiny model routes top-1: one-hot mixes
     x = held_out()
     with torch.no_grad():
         out = model.route(x)
