@@ -332,9 +332,10 @@ def write_model_card(
             f"- exported {weights.get('exported', '?')} from a run checkpoint with sha256 "
             f"`{weights.get('source_sha256', '?')}`",
         ]
+    floor = f", a share under {lora['min_share']:.0%} left out" if lora.get("min_share") else ""
     lines += [
-        f"- experts: {', '.join(cfg.get('experts', []))} (routed automatically, top-{lora.get('top_k')} softmax; "
-        "or mixed by hand with `--experts`)",
+        f"- experts: {', '.join(cfg.get('experts', []))} (routed automatically, top-{lora.get('top_k')} softmax"
+        f"{floor}; or mixed by hand with `--experts`)",
     ]
     if (weights or {}).get("prototypes"):
         lines.append("- prototype priors: the router's mean prior over training crops of each degradation, so that "

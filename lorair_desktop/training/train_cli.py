@@ -37,6 +37,7 @@ from .dataset import (
 from .prototypes import measure_prototypes
 from .trainer import (
     STAGES,
+    UNBOUNDED_STEPS,
     StageConfig,
     StageRunner,
     announce_stop,
@@ -73,7 +74,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, default=None, help="folder of clean photos (default: the photo manifest)")
     p.add_argument("--device", default="auto")
     p.add_argument("--minutes", type=float, default=None, help="wall-clock budget (split across stages for all)")
-    p.add_argument("--steps", type=int, default=None, help="steps for the stage (default per stage)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="steps for the stage (default per stage; on a --time-schedule, as many as --minutes allow)")
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--crop", type=int, default=None, help="network training crop (default: the preset's train_size)")
@@ -209,6 +211,8 @@ def stage_options(args: argparse.Namespace, stage: str, recipe: dict | None, sha
         raise LoraIRError("--crops-per-context must be at least 1")
     if o.time_schedule and o.minutes is None:
         raise LoraIRError("--time-schedule fits the schedule to --minutes", "add --minutes N")
+    if o.time_schedule and args.steps is None and not (recipe and recipe.get("steps")):
+        o.steps = UNBOUNDED_STEPS  # the budget is the minutes: a stage default of steps would end it early
     if not 0.0 <= o.mixed < 1.0:
         raise LoraIRError(f"--mixed is a fraction of the samples, got {o.mixed}", "use e.g. --mixed 0.2")
     if isinstance(o.tune_base, str):  # a recorded recipe holds the list

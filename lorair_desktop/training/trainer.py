@@ -38,6 +38,8 @@ from .dataset import to_float
 
 log = logging.getLogger(__name__)
 STAGES = ("router", "base", "experts")
+#: The step count of a stage on a time schedule with no --steps: its minutes alone end it.
+UNBOUNDED_STEPS = 10**9
 
 BatchFn = Callable[[int], tuple[Tensor, Tensor, Tensor]]  # step -> (degraded, clean, labels), NCHW float
 
@@ -359,8 +361,9 @@ class StageRunner:
         if self.sc.time_schedule and self.sc.minutes:
             eta = min(eta, self.sc.minutes * 60 - self.wall_s)
         wait = 100 * self.data_wait_s / max(1e-9, time.monotonic() - t_start)
+        total = "" if self.sc.steps >= UNBOUNDED_STEPS else f"/{self.sc.steps}"
         print(
-            f"\r[{self.sc.stage}] step {self.step}/{self.sc.steps} loss {np.mean(losses[-20:]):.4f} "
+            f"\r[{self.sc.stage}] step {self.step}{total} loss {np.mean(losses[-20:]):.4f} "
             f"{rate:.2f} it/s (waiting for data {wait:.0f} %) ETA {eta / 60:.1f} min",
             end="\n" if self.step % 200 == 0 else "",
             file=sys.stderr,

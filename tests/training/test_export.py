@@ -105,6 +105,7 @@ def test_model_card(trained_run: Path, resources: Path, tmp_path: Path) -> None:
     assert res["prototypes"] and load_checkpoint(Path(res["path"])).prior_prototypes is not None  # from the run
     assert "img" in card  # image names of the run
     assert "## Training history" not in card
+    assert "a share under" not in card  # this preset keeps both top-2 shares (lora.min_share 0)
     # without an evaluation the card says so
     assert "Not evaluated yet" in E.write_model_card(trained_run, None, tmp_path / "c2.md").read_text()
     # a maintainer's notes in run.json become the card's training history
@@ -118,9 +119,11 @@ def test_model_card(trained_run: Path, resources: Path, tmp_path: Path) -> None:
                 "torch": "2.11"}
         run["recipe"]["base"] = {**run["recipe"]["base"], "time_schedule": True, "minutes": 3.6,
                                  "crops_per_context": 4, "hardware": h200}
+        run["config"]["lora"] = {**run["config"]["lora"], "min_share": 0.1}
         run_json.write_text(json.dumps({**run, "notes": ["session 2: base +3000 steps"]}))
         card = E.write_model_card(trained_run, None, tmp_path / "c3.md").read_text()
         assert "## Training history\n\n- session 2: base +3000 steps" in card
+        assert "softmax, a share under 10% left out;" in card  # the routing rule, as the config states it
         # a stage trained on chosen tasks (lorair train --tasks) says so in the recipe
         assert ("LoRA experts + base network (full fine-tuning); tasks noise,jpeg=2; 20 % of samples with two "
                 "degradations; 30 % of crops without the texture preference |") in card

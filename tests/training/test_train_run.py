@@ -475,6 +475,11 @@ def test_resume_options_come_from_the_recipe(tmp_path: Path) -> None:
     assert stage_options(parser.parse_args(["--minutes", "10"]), "base", recipe, 0.5).minutes == 5.0
     with pytest.raises(LoraIRError, match="--minutes"):
         stage_options(parser.parse_args(["--time-schedule"]), "base", None, 1.0)
+    # a time budget without --steps is the whole budget, not the stage's default step count
+    timed = ["--minutes", "30", "--time-schedule"]
+    assert stage_options(parser.parse_args(timed), "experts", None, 1.0).steps == trainer.UNBOUNDED_STEPS
+    assert stage_options(parser.parse_args([*timed, "--steps", "500"]), "experts", None, 1.0).steps == 500
+    assert stage_options(parser.parse_args(["--minutes", "30"]), "experts", None, 1.0).steps == 1000
     (tmp_path / "run.json").write_text("{truncated")
     with pytest.raises(LoraIRError, match="damaged"):
         trainer.read_run_info(tmp_path)
