@@ -167,7 +167,10 @@ def test_self_ensemble_averages_flipped_and_turned_passes(small_model) -> None:
     img = _image(96, 128)  # one tile: the ensemble runs on the whole image
     mix = {"noise": 1.0}
     plain = r.restore(img, overrides=mix)
-    assert plain.ensemble == 1 and np.array_equal(r.restore(img, overrides=mix, ensemble=1).image, plain.image)
+    # the same restore again, to float rounding: the CPU thread governor may change the thread count
+    # between two calls under load, and the convolutions' sums then round differently (seen: 1 ulp)
+    again = r.restore(img, overrides=mix, ensemble=1)
+    assert plain.ensemble == 1 and again.ensemble == 1 and np.abs(again.image - plain.image).max() < 1e-5
     views = []
     for turns in range(4):
         for mirrored in (False, True):
