@@ -42,6 +42,9 @@ def _differing(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -
 def merge_experts(target: Path, source: Path, experts: Sequence[str], output: Path | None = None) -> str:
     """Write TARGET with SOURCE's adapters for ``experts`` to ``output`` (default: TARGET, in
     place). Returns the written file's sha256."""
+    out = output or target
+    if out.resolve() != target.resolve() and out.exists():
+        raise LoraIRError(f"{out} exists", "choose a new output file, or drop -o to rewrite the target")
     src_cfg, src_tensors, _ = read_checkpoint(source)
     cfg, tensors, meta = read_checkpoint(target)
     if not experts:
@@ -70,9 +73,6 @@ def merge_experts(target: Path, source: Path, experts: Sequence[str], output: Pa
         for name, p in model.net.named_parameters():
             if ".lora_" in name:  # (experts, …): one slice per expert
                 p[idx] = theirs[name][idx]
-    out = output or target
-    if out.resolve() != target.resolve() and out.exists():
-        raise LoraIRError(f"{out} exists", "choose a new output file, or drop -o to rewrite the target")
     sources = json.loads(meta.get(SOURCES_KEY, "{}"))
     sources.update(dict.fromkeys(experts, sha256_file(source)))
     return rewrite_checkpoint(model, out, (tensors, {**meta, SOURCES_KEY: json.dumps(sources, sort_keys=True)}))
