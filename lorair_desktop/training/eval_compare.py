@@ -20,6 +20,8 @@ from ..errors import LoraIRError, report_error
 
 # Settings under `data` that decide which crops are restored, and how.
 SAME = ("images", "crop", "crops_per_image", "seed", "ensemble", "quantized_8bit")
+CROP_CHANGE_DB = 0.5  # a crop whose own gain moved more than this is named (a mean can hide it)
+CROPS_LISTED = 6
 
 
 def read_report(path: Path) -> dict[str, Any]:
@@ -61,15 +63,40 @@ def check_same_crops(before: dict[str, Any], after: dict[str, Any]) -> None:
                           "evaluate both with the same --data, --crop, --crops-per-image, --seed and --ensemble")
 
 
+def _mix_of(crop: dict[str, Any]) -> dict[str, float]:
+    mix = crop.get("mix")
+    return {str(k): v for k, v in mix.items() if _num(mix, k) is not None} if isinstance(mix, dict) else {}
+
+
+def _crop_changes(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
+    """The crops of one row whose model PSNR moved by more than CROP_CHANGE_DB (reports that keep them)."""
+    a, b = old.get("crops"), new.get("crops")
+    if not isinstance(a, list) or not isinstance(b, list) or len(a) != len(b):
+        return []
+    out = []
+    for x, y in zip(a, b, strict=True):
+        if not (isinstance(x, dict) and isinstance(y, dict)) or (x.get("image"), x.get("crop")) != (
+                y.get("image"), y.get("crop")):
+            return []  # not the same crops in the same order: nothing to pair
+        d = _delta(_num(x, "model"), _num(y, "model"))
+        if d is not None and abs(d) > CROP_CHANGE_DB:
+            out.append({"row": new["row"], "image": y["image"], "crop": y["crop"], "delta": d,
+                        "gain_before": _delta(_num(x, "input"), _num(x, "model")),
+                        "gain_after": _delta(_num(y, "input"), _num(y, "model")),
+                        "mix_before": _mix_of(x), "mix_after": _mix_of(y)})
+    return out
+
+
 def compare(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     """Per-row PSNR and worst-crop changes (after − before), forced-mix and router changes."""
     check_same_crops(before["data"], after["data"])
     old = {r["row"]: r for r in before["rows"]}
-    rows = []
+    rows, crops = [], []
     for r in after["rows"]:
         o = old.get(r["row"])
         if o is None:
             continue
+        crops += _crop_changes(o, r)
         row = {"row": r["row"],
                "before": _num(o["model"], "psnr"), "after": _num(r["model"], "psnr"),
                "worst_before": _num(o, "worst_gain"), "worst_after": _num(r, "worst_gain"),
@@ -81,9 +108,15 @@ def compare(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
         rows.append(row)
     top1 = (_num(before.get("router"), "top1"), _num(after.get("router"), "top1"))
     models = [m if isinstance(m, dict) else {} for m in (before.get("model"), after.get("model"))]
-    return {"before": models[0], "after": models[1], "rows": rows,
+    crops.sort(key=lambda c: c["delta"])  # the biggest losses first
+    return {"before": models[0], "after": models[1], "rows": rows, "crops": crops,
             "router_top1": {"before": top1[0], "after": top1[1]},
             "missing": sorted(set(old) - {r["row"] for r in rows})}
+
+
+def mix_text(mix: dict[str, float]) -> str:
+    """An expert mix as "haze 0.89, jpeg 0.11"."""
+    return ", ".join(f"{k} {v:.2f}" for k, v in mix.items()) or "none"
 
 
 def _f(v: float | None, fmt: str = "+.2f") -> str:
@@ -109,6 +142,15 @@ def compare_markdown(cmp: dict[str, Any]) -> str:
     t = cmp["router_top1"]
     if t["before"] is not None and t["after"] is not None:
         lines += ["", f"Router top-1: {100 * t['before']:.1f} → {100 * t['after']:.1f} %."]
+    changed = cmp.get("crops") or []
+    if changed:
+        shown = changed if len(changed) <= CROPS_LISTED else changed[:CROPS_LISTED // 2] + changed[-CROPS_LISTED // 2:]
+        lines += ["", f"Crops whose own result moved more than {CROP_CHANGE_DB:g} dB: {len(changed)}"
+                  + ("" if shown is changed else f", the {len(shown)} that moved most") + ", losses first:", ""]
+        for c in shown:
+            lines.append(f"- {c['row']}: {c['image']} crop {c['crop']} {c['delta']:+.2f} dB (gain "
+                         f"{_f(c['gain_before'])} → {_f(c['gain_after'])}; mixed {mix_text(c['mix_before'])} → "
+                         f"{mix_text(c['mix_after'])})")
     if cmp["missing"]:
         lines += ["", f"Rows only in the earlier report: {', '.join(cmp['missing'])}."]
     return "\n".join(lines) + "\n"

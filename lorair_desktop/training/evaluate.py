@@ -33,6 +33,7 @@ from lorair_desktop.core.inference import Restorer
 from lorair_desktop.training import baselines as B
 from lorair_desktop.training import degradations as D
 from lorair_desktop.training.dataset import ImageBank, build_validation_set, fixed_crops
+from lorair_desktop.training.eval_compare import mix_text
 
 __all__ = [
     "EVAL_ROWS",
@@ -220,6 +221,11 @@ def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+def _mix(weights: dict[str, float]) -> dict[str, float]:
+    """The experts a restore really mixed, largest share first."""
+    return {k: round(float(v), 3) for k, v in sorted(weights.items(), key=lambda kv: -kv[1]) if v > 0}
+
+
 def _crops(bank: ImageBank, size: int, count: int) -> list[tuple[int, int, str, np.ndarray]]:
     out = []
     for ii, (img, name) in enumerate(zip(bank.images, bank.names, strict=True)):
@@ -240,8 +246,9 @@ def evaluate_rows(restorer: Restorer, bank: ImageBank, settings: EvalSettings) -
         forced: dict[str, list[float]] = {"psnr": [], "ssim": [], "overruled": []}
         routed: dict[str, int] = {}
         exposure: dict[str, list[float]] = {"psnr": [], "clean_mean": [], "model_mean": []}
+        per_crop: list[dict[str, Any]] = []
         t_model = t_base = 0.0
-        for ii, ci, _name, clean in crops:
+        for ii, ci, name, clean in crops:
             rng = np.random.default_rng(_item_seed(settings.seed, ii, ci, row.name))
             deg, info = row.make(clean, rng)
             deg = D.quantize8(deg)
@@ -253,6 +260,8 @@ def evaluate_rows(restorer: Restorer, bank: ImageBank, settings: EvalSettings) -
             for key, img in (("input", deg), ("model", res.image)):
                 acc[key]["psnr"].append(psnr(img, clean))
                 acc[key]["ssim"].append(ssim(img, clean))
+            per_crop.append({"image": name, "crop": ci, "input": acc["input"]["psnr"][-1],
+                             "model": acc["model"]["psnr"][-1], "mix": _mix(res.applied_weights)})
             if mix:
                 res_f = restorer.restore(deg, overrides=mix, tile=settings.tile, ensemble=settings.ensemble)
                 forced["psnr"].append(psnr(res_f.image, clean))
@@ -282,6 +291,9 @@ def evaluate_rows(restorer: Restorer, bank: ImageBank, settings: EvalSettings) -
             # the crop the model served worst: an average gain can hide a crop made much worse
             "worst_gain": min((m - i for m, i in zip(acc["model"]["psnr"], acc["input"]["psnr"], strict=True)),
                               default=None),
+            # which crop that was, and every crop's own numbers: what a change of weights did to one photo
+            "worst_crop": min(per_crop, key=lambda c: c["model"] - c["input"], default=None),
+            "crops": per_crop,
         }
         if forced["psnr"]:
             entry["forced"] = {
@@ -443,6 +455,13 @@ def to_markdown(report: dict[str, Any], title: str | None = None) -> str:
             f"| {r['row']} | {r['n']} | {_fmt(r['input'])} | {_fmt(r['model'])} | {gain:+.2f} | {worst} | "
             f"{b['name'] if b else '–'} | {_fmt(b)} | {routed} |"
         )
+    lost = [r for r in report["rows"] if r.get("worst_crop") and r["worst_gain"] < 0]
+    if lost:
+        lines += ["", "Worst crop of each row that made one worse:", ""]
+        for r in lost:
+            c = r["worst_crop"]
+            lines.append(f"- {r['row']}: {c['image']} crop {c['crop']}, {r['worst_gain']:+.2f} dB, "
+                         f"mixed {mix_text(c['mix'])}")
     lines += ["", "| target | measured | needed | met |", "|---|---:|---:|---|"]
     for t in report["targets"]:
         v = "not measured" if t["value"] is None else f"{t['value']:+.2f} {t['unit']}"

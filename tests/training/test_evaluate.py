@@ -120,6 +120,19 @@ def test_eval_cli_quick(small_model_path: Path, photo_folder: Path, tmp_path: Pa
         assert ("exposure_matched" in r) == (r["row"] == "low-light")
         # the worst crop's gain bounds the mean gain from below (a crop made worse cannot hide in the mean)
         assert r["worst_gain"] <= r["model"]["psnr"] - r["input"]["psnr"] + 1e-9
+        # every crop's own numbers are kept, named by photo, and the worst one is named
+        crops = r["crops"]
+        assert [c["image"] for c in crops] == report["data"]["images"] and all(c["crop"] == 0 for c in crops)
+        assert np.mean([c["model"] for c in crops]) == pytest.approx(r["model"]["psnr"])
+        assert r["worst_crop"]["model"] - r["worst_crop"]["input"] == pytest.approx(r["worst_gain"])
+        for c in crops:  # the mix really applied: shares of the model's experts, summing to one
+            assert set(c["mix"]) <= set(report["router"]["predicted"])
+            assert sum(c["mix"].values()) == pytest.approx(1, abs=2e-3)
+        assert max(r["routed"], key=r["routed"].get) in {max(c["mix"], key=c["mix"].get) for c in crops}
+    lost = [r for r in report["rows"] if r["worst_gain"] < 0]
+    for r in lost:  # the random test model makes some crops worse: the report names them
+        assert f"- {r['row']}: {r['worst_crop']['image']} crop 0, {r['worst_gain']:+.2f} dB, mixed " in md
+    assert lost or "Worst crop of each row" not in md
     router = report["router"]
     assert router["n"] == 3 * 2 * 6 and np.array(router["confusion"]).sum() == router["n"]
     assert 0 <= router["top1"] <= 1
@@ -182,6 +195,17 @@ def test_eval_compare_reports_the_change_per_row_and_refuses_other_crops(
         assert c["delta"] == pytest.approx(b["model"]["psnr"] - a["model"]["psnr"])
         assert (c["worst_before"], c["worst_after"]) == (a["worst_gain"], b["worst_gain"])
     assert any(abs(c["delta"]) > 1e-3 for c in cmp["rows"])  # two random models do differ
+    # the crops that moved more than CROP_CHANGE_DB are named, each paired with the same crop before
+    by_a, by_b = {r["row"]: r for r in before["rows"]}, {r["row"]: r for r in after["rows"]}
+    expected = sorted(
+        (b["model"] - a["model"], row, b["image"])
+        for row in by_b for a, b in zip(by_a[row]["crops"], by_b[row]["crops"], strict=True)
+        if abs(b["model"] - a["model"]) > C.CROP_CHANGE_DB)
+    assert [(c["row"], c["image"]) for c in cmp["crops"]] == [(row, image) for _, row, image in expected]
+    assert [c["delta"] for c in cmp["crops"]] == pytest.approx([d for d, _, _ in expected])
+    assert expected, "two random models move some crop by more than half a dB"
+    worst = cmp["crops"][0]
+    assert f"- {worst['row']}: {worst['image']} crop 0 {worst['delta']:+.2f} dB" in C.compare_markdown(cmp)
     assert cmp["before"]["sha256"] == before["model"]["sha256"] != cmp["after"]["sha256"]
     assert "against" in (tmp_path / "b" / "eval.md").read_text()
     capsys.readouterr()
@@ -215,3 +239,23 @@ def test_eval_whole_photos(small_model_path: Path, photo_folder: Path, tmp_path:
     capsys.readouterr()
     assert main(["eval", "--model", str(small_model_path), "--data", str(photo_folder), "--crop", "8"]) == 2
     assert "--crop 8 is not a crop side" in capsys.readouterr().err
+
+
+def test_eval_compare_pairs_crops_only_when_they_are_the_same_and_reads_odd_mixes_safely() -> None:
+    from lorair_desktop.training import eval_compare as C
+
+    def report(crops: list) -> dict:
+        row = {"row": "haze", "model": {"psnr": 20.0}, "input": {"psnr": 12.0}, "crops": crops}
+        return {"data": {"seed": 0}, "rows": [row]}
+
+    a = [{"image": "a.jpg", "crop": 0, "input": 12.0, "model": 20.0, "mix": {"haze": 1.0}},
+         {"image": "b.jpg", "crop": 0, "input": 12.0, "model": 20.0, "mix": {"haze": 1.0}}]
+    b = [{"image": "a.jpg", "crop": 0, "input": 12.0, "model": 18.0, "mix": {"haze": "x", "jpeg": 0.2}},
+         {"image": "b.jpg", "crop": 0, "input": 12.0, "model": 20.3, "mix": "haze"}]
+    cmp = C.compare(report(a), report(b))
+    assert [(c["image"], c["delta"]) for c in cmp["crops"]] == [("a.jpg", -2.0)]  # b.jpg moved 0.3 dB only
+    assert cmp["crops"][0]["mix_after"] == {"jpeg": 0.2}  # a share that is not a number is left out
+    assert "- haze: a.jpg crop 0 -2.00 dB (gain +8.00 → +6.00; mixed haze 1.00 → jpeg 0.20)" in C.compare_markdown(cmp)
+    # other crops in the same places (or another count) are not paired at all
+    assert C.compare(report(a), report(b[::-1]))["crops"] == []
+    assert C.compare(report(a), report(b[:1]))["crops"] == []
