@@ -278,6 +278,8 @@ def evaluate_rows(restorer: Restorer, bank: ImageBank, settings: EvalSettings) -
                 t_base += time.perf_counter() - t0
                 base["psnr"].append(psnr(out, clean))
                 base["ssim"].append(ssim(out, clean))
+        # the crop the model served worst: an average gain can hide a crop made much worse
+        worst = min(per_crop, key=lambda c: c["model"] - c["input"], default=None)
         entry: dict[str, Any] = {
             "row": row.name,
             "expert": row.expert,
@@ -288,11 +290,9 @@ def evaluate_rows(restorer: Restorer, bank: ImageBank, settings: EvalSettings) -
             "routed": dict(sorted(routed.items(), key=lambda kv: -kv[1])),
             "route_acc": (routed.get(row.expert, 0) / len(crops)) if row.expert in experts and crops else None,
             "model_s_per_crop": t_model / max(1, len(crops)),
-            # the crop the model served worst: an average gain can hide a crop made much worse
-            "worst_gain": min((m - i for m, i in zip(acc["model"]["psnr"], acc["input"]["psnr"], strict=True)),
-                              default=None),
+            "worst_gain": None if worst is None else worst["model"] - worst["input"],
             # which crop that was, and every crop's own numbers: what a change of weights did to one photo
-            "worst_crop": min(per_crop, key=lambda c: c["model"] - c["input"], default=None),
+            "worst_crop": worst,
             "crops": per_crop,
         }
         if forced["psnr"]:

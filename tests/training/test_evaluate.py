@@ -124,7 +124,8 @@ def test_eval_cli_quick(small_model_path: Path, photo_folder: Path, tmp_path: Pa
         crops = r["crops"]
         assert [c["image"] for c in crops] == report["data"]["images"] and all(c["crop"] == 0 for c in crops)
         assert np.mean([c["model"] for c in crops]) == pytest.approx(r["model"]["psnr"])
-        assert r["worst_crop"]["model"] - r["worst_crop"]["input"] == pytest.approx(r["worst_gain"])
+        assert r["worst_gain"] == pytest.approx(min(c["model"] - c["input"] for c in crops))
+        assert r["worst_crop"] in crops
         for c in crops:  # the mix really applied: shares of the model's experts, summing to one
             assert set(c["mix"]) <= set(report["router"]["predicted"])
             assert sum(c["mix"].values()) == pytest.approx(1, abs=2e-3)
