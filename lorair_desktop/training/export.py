@@ -1,7 +1,7 @@
 """Ship a trained run: an fp16 copy of its weights, the manifest entry (sha256) and a model card.
 
     python -m lorair_desktop.training.export RUN/model.safetensors [--name lorair-compact]
-        [--dest resources/weights] [--eval EVAL_DIR_OR_JSON] [--no-card]
+        [--dest resources/weights] [--eval EVAL_DIR_OR_JSON] [--no-card] [--meta KEY=VALUE ...]
 
 ``export_model`` loads the run's fp32 checkpoint, writes ``<dest>/<name>.safetensors`` with every
 float tensor in fp16 (half the bytes; the app loads it back into fp32 parameters), checks that the
@@ -26,6 +26,8 @@ import torch
 
 from ..core.checkpoint import (
     load_checkpoint,
+    model_from_tensors,
+    read_checkpoint,
     record_weights,
     save_checkpoint,
     sha256_file,
@@ -37,9 +39,12 @@ from ..core.inference import Restorer
 from ..core.model import LoRAIR
 from ..errors import CheckpointError, ConfigError, LoraIRError, report_error
 from .dataset import FLAT_KEEP_PROB, DatasetError, photo_bank
+from .merge_experts import BLEND_KEY, SOURCES_KEY
 from .prototypes import measure_prototypes
 
-__all__ = ["FP16_TOLERANCE", "export_model", "fp16_check", "test_image", "write_model_card"]
+__all__ = [
+    "FP16_TOLERANCE", "export_model", "fp16_check", "status_lines", "test_image", "weights_lines", "write_model_card",
+]
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +123,8 @@ def export_model(
     and record it in ``<dest_dir>/manifest.json``. Returns the manifest entry plus the check."""
     run_checkpoint = Path(run_checkpoint)
     dest_dir = weights_dir() if dest_dir is None else Path(dest_dir)
-    model = load_checkpoint(run_checkpoint)
+    src_cfg, tensors, src_meta = read_checkpoint(run_checkpoint)
+    model = model_from_tensors(src_cfg, tensors, run_checkpoint.name)
     if model.prior_prototypes is None:  # a run from before they existed, or stopped in its router stage
         model.prior_prototypes = _measured_prototypes(model)
     cfg = dataclasses.replace(model.cfg, name=name)
@@ -130,6 +136,8 @@ def export_model(
     info = {
         "exported": stamp_time(),
         "source_sha256": sha256_file(run_checkpoint),
+        # a merged checkpoint's record of which experts came from which run travels with it
+        **{k: src_meta[k] for k in (SOURCES_KEY, BLEND_KEY) if k in src_meta},
         **(meta or {}),
     }
     save_checkpoint(model, staging, half=True, meta=info)
@@ -308,6 +316,42 @@ def _machine(hw: dict[str, Any], run: dict[str, Any]) -> str:
             f"{hw.get('torch_threads')} torch threads{gpu}, torch {hw.get('torch')}.")
 
 
+def weights_lines(weights: dict[str, Any]) -> list[str]:
+    """The card's lines naming the shipped file: size, sha256, when and from what it was exported
+    (``weights``: a manifest entry plus the file's metadata, as ``export_model`` returns it)."""
+    line = (f"- exported {weights.get('exported', '?')} from a run checkpoint with sha256 "
+            f"`{weights.get('source_sha256', '?')}`")
+    try:
+        donors, blends = (json.loads(weights.get(k) or "{}") for k in (SOURCES_KEY, BLEND_KEY))
+    except ValueError:
+        donors, blends = {}, {}
+    if isinstance(donors, dict) and donors:  # experts put in by merge_experts from other runs
+        by_source: dict[tuple[str, float], list[str]] = {}
+        for expert, sha in donors.items():
+            w = blends.get(expert, 1.0) if isinstance(blends, dict) else 1.0
+            by_source.setdefault((str(sha), float(w)), []).append(str(expert))
+        parts = []
+        for (sha, w), ex in by_source.items():
+            what = f"the {', '.join(ex)} expert{'s' if len(ex) > 1 else ''}"
+            parts.append(f"{what} from a run checkpoint with sha256 `{sha}`" if w == 1.0 else
+                         f"{what} blended ({1 - w:g} of its own adapters, {w:g} of those of a run checkpoint "
+                         f"with sha256 `{sha}`)")
+        line += "; " + "; ".join(parts)
+    return [f"- file: `{weights['file']}` ({weights['bytes'] / 2**20:.1f} MB, fp16), sha256 `{weights['sha256']}`",
+            line]
+
+
+def status_lines(ev: dict[str, Any]) -> list[str]:
+    """The card's Status section from an evaluation's targets."""
+    missed = [t["target"] for t in ev.get("targets", []) if t.get("met") is False]
+    unmeasured = [t["target"] for t in ev.get("targets", []) if t.get("met") is None]
+    lines = ["Targets not reached yet: " + "; ".join(missed) + "." if missed else "All measured targets met."]
+    if unmeasured:
+        lines.append(f"Not measured in this evaluation: {'; '.join(unmeasured)} (run `lorair eval --baselines`).")
+    lines.append("Training is resumable: the same command continues from the last checkpoint.")
+    return lines
+
+
 def write_model_card(
     run_dir: Path, eval_json: Path | dict | None, dest: Path, weights: dict[str, Any] | None = None
 ) -> Path:
@@ -327,11 +371,7 @@ def write_model_card(
     counts = _param_counts(cfg) if cfg else {}
     lines = [f"# Model card: {name}", "", cfg.get("description", ""), ""]
     if weights:
-        lines += [
-            f"- file: `{weights['file']}` ({weights['bytes'] / 2**20:.1f} MB, fp16), sha256 `{weights['sha256']}`",
-            f"- exported {weights.get('exported', '?')} from a run checkpoint with sha256 "
-            f"`{weights.get('source_sha256', '?')}`",
-        ]
+        lines += weights_lines(weights)
     floor = f", a share under {lora['min_share']:.0%} left out" if lora.get("min_share") else ""
     lines += [
         f"- experts: {', '.join(cfg.get('experts', []))} (routed automatically, top-{lora.get('top_k')} softmax"
@@ -386,13 +426,7 @@ def write_model_card(
             "",
             to_markdown(ev).rstrip(),
         ]
-        missed = [t["target"] for t in ev.get("targets", []) if t.get("met") is False]
-        unmeasured = [t["target"] for t in ev.get("targets", []) if t.get("met") is None]
-        lines += ["", "## Status", ""]
-        lines.append("Targets not reached yet: " + "; ".join(missed) + "." if missed else "All measured targets met.")
-        if unmeasured:
-            lines.append(f"Not measured in this evaluation: {'; '.join(unmeasured)} (run `lorair eval --baselines`).")
-        lines.append("Training is resumable: the same command continues from the last checkpoint.")
+        lines += ["", "## Status", "", *status_lines(ev)]
     else:
         lines.append("Not evaluated yet: run `lorair eval --model <weights> --baselines --out DIR` and regenerate.")
     dest = Path(dest)
@@ -414,13 +448,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--eval", type=Path, default=None, help="eval.json (or its folder) for the model card")
     p.add_argument("--no-card", action="store_true", help="do not write <name>.md")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra metadata for the weights file (repeatable), e.g. "
+                        f"{SOURCES_KEY}='{{\"jpeg\": \"<sha256>\"}}' for an expert a merged checkpoint's own "
+                        "metadata does not name")
     args = p.parse_args(argv)
+    meta = {}
+    for item in args.meta:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or key.strip() in ("format", "config"):
+            p.error(f"--meta {item!r}: give KEY=VALUE, with a key other than 'format' and 'config'")
+        meta[key.strip()] = value
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("lorair_desktop").setLevel(logging.INFO)  # not open_clip's chatter on the root logger
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        res = export_model(args.run_model, args.name, args.dest)
+        res = export_model(args.run_model, args.name, args.dest, meta=meta)
         chk = res["fp16_check"]
         print(f"{res['path']}: {res['bytes'] / 2**20:.2f} MB, sha256 {res['sha256']}")
         print(f"fp16 vs fp32 on the test image: max {chk['max_abs'] * 255:.3f}/255, mean {chk['mean_abs'] * 255:.4f}"

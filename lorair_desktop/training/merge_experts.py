@@ -9,14 +9,21 @@ and be put together afterwards:
         --experts rain,haze [-o OUT]
 
 TARGET keeps everything except the named experts' adapters, which become SOURCE's (every LoRA
-layer's slice of those experts). An expert's adapter is a change to one base network under one
-router's prior, so the two checkpoints must have the same network, router and experts, and every
-tensor outside the adapters (base network and router) must be equal: a run that tuned the base
-(`--full`, `--tune-base`) is refused, since its experts would land on a base they never saw.
-TARGET's storage precision (fp16 stays fp16), metadata, routing rule (`lora.top_k`,
-`lora.min_share`) and prototype priors are kept; the metadata records which experts came from
-which file's sha256 under ``experts_source_sha256``. Without ``-o``, TARGET is rewritten in place,
-atomically, and where it is a manifest entry the manifest's sha256 is updated.
+layer's slice of those experts). With ``--blend W`` (0 < W < 1) they become the weighted mean
+(1 − W)·TARGET + W·SOURCE instead, factor by factor: two runs of the same experts from one model
+(different seeds, one per core) averaged, as weight averaging of fine-tuned models does. The mean
+of the factors is not quite the mean of the two low-rank updates (a cross term, second order in
+how far the runs moved apart), so measure a blend like any other weights.
+
+An expert's adapter is a change to one base network under one router's prior, so the two
+checkpoints must have the same network, router and experts, and every tensor outside the adapters
+(base network and router) must be equal: a run that tuned the base (`--full`, `--tune-base`) is
+refused, since its experts would land on a base they never saw. TARGET's storage precision (fp16
+stays fp16), metadata, routing rule (`lora.top_k`, `lora.min_share`) and prototype priors are
+kept; the metadata records which experts came from which file's sha256 under
+``experts_source_sha256``, and a blend's weight W under ``experts_blend``. Without ``-o``, TARGET
+is rewritten in place, atomically, and where it is a manifest entry the manifest's sha256 is
+updated.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from ..core.checkpoint import model_from_tensors, read_checkpoint, rewrite_check
 from ..errors import LoraIRError, report_error
 
 SOURCES_KEY = "experts_source_sha256"
+BLEND_KEY = "experts_blend"
 
 
 def _differing(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> list[str]:
@@ -39,9 +47,13 @@ def _differing(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -
     return [k for k, v in ours.items() if ".lora_" not in k and not torch.equal(v.float(), theirs[k].float())]
 
 
-def merge_experts(target: Path, source: Path, experts: Sequence[str], output: Path | None = None) -> str:
-    """Write TARGET with SOURCE's adapters for ``experts`` to ``output`` (default: TARGET, in
-    place). Returns the written file's sha256."""
+def merge_experts(target: Path, source: Path, experts: Sequence[str], output: Path | None = None,
+                  blend: float = 1.0) -> str:
+    """Write TARGET with SOURCE's adapters for ``experts`` (``blend`` < 1: their weighted mean with
+    TARGET's) to ``output`` (default: TARGET, in place). Returns the written file's sha256."""
+    if not 0.0 < blend <= 1.0:
+        raise LoraIRError(f"blend weight {blend:g} is outside (0, 1]",
+                          "give the share of SOURCE's adapters, e.g. 0.5 for the mean of the two")
     out = output or target
     if out.resolve() != target.resolve() and out.exists():
         raise LoraIRError(f"{out} exists", "choose a new output file, or drop -o to rewrite the target")
@@ -72,10 +84,17 @@ def merge_experts(target: Path, source: Path, experts: Sequence[str], output: Pa
     with torch.no_grad():
         for name, p in model.net.named_parameters():
             if ".lora_" in name:  # (experts, …): one slice per expert
-                p[idx] = theirs[name][idx]
+                p[idx] = theirs[name][idx] if blend == 1.0 else (1.0 - blend) * p[idx] + blend * theirs[name][idx]
     sources = json.loads(meta.get(SOURCES_KEY, "{}"))
     sources.update(dict.fromkeys(experts, sha256_file(source)))
-    return rewrite_checkpoint(model, out, (tensors, {**meta, SOURCES_KEY: json.dumps(sources, sort_keys=True)}))
+    blends = {k: v for k, v in json.loads(meta.get(BLEND_KEY, "{}")).items() if k not in experts}
+    if blend < 1.0:
+        blends.update(dict.fromkeys(experts, blend))
+    new_meta = {k: v for k, v in meta.items() if k != BLEND_KEY}
+    new_meta[SOURCES_KEY] = json.dumps(sources, sort_keys=True)
+    if blends:
+        new_meta[BLEND_KEY] = json.dumps(blends, sort_keys=True)
+    return rewrite_checkpoint(model, out, (tensors, new_meta))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -85,13 +104,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("source", type=Path, help="the checkpoint whose experts are taken")
     p.add_argument("--experts", required=True, help="comma-separated expert names, e.g. rain,haze")
     p.add_argument("-o", "--output", type=Path, default=None, help="write the result here instead")
+    p.add_argument("--blend", type=float, default=1.0, metavar="W",
+                   help="take W of SOURCE's adapters and 1 − W of TARGET's (default 1: SOURCE's as they are)")
     args = p.parse_args(argv)
     experts = [e.strip() for e in args.experts.split(",") if e.strip()]
     try:
-        sha = merge_experts(args.target, args.source, experts, args.output)
+        sha = merge_experts(args.target, args.source, experts, args.output, args.blend)
     except LoraIRError as exc:
         return report_error(exc)
-    print(f"{args.output or args.target}: experts {', '.join(experts)} of {args.source.name}, sha256 {sha}")
+    how = "" if args.blend == 1.0 else f" blended {args.blend:g} into the target's"
+    print(f"{args.output or args.target}: experts {', '.join(experts)} of {args.source.name}{how}, sha256 {sha}")
     return 0
 
 

@@ -14,6 +14,7 @@ from lorair_desktop.core.checkpoint import load_checkpoint, load_model, read_che
 from lorair_desktop.core.config import resources_dir
 from lorair_desktop.errors import ConfigError
 from lorair_desktop.training import export as E
+from lorair_desktop.training.evaluate import to_markdown
 
 
 @pytest.fixture(scope="module")
@@ -170,3 +171,103 @@ def test_export_measures_prototypes_a_run_lacks(trained_run: Path, resources: Pa
     res = E.export_model(src, "lorair-test-tiny")
     assert not res["prototypes"] and load_checkpoint(Path(res["path"])).prior_prototypes is None
     assert "will not steer the prior" in caplog.text
+
+
+def test_export_cli_meta(trained_run: Path, resources: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    weights = resources / "weights" / "lorair-test-tiny.safetensors"
+    assert E.main([str(trained_run / "model.safetensors"), "--name", "lorair-test-tiny", "--no-card",
+                   "--meta", "note=session 20", "--meta", "experts_source_sha256={}"]) == 0
+    meta = read_checkpoint(weights)[2]
+    assert meta["note"] == "session 20" and meta["experts_source_sha256"] == "{}"
+    for bad in ("no-equals-sign", "config={}", "=x"):
+        with pytest.raises(SystemExit) as exc:
+            E.main([str(trained_run / "model.safetensors"), "--name", "lorair-test-tiny", "--meta", bad])
+        assert exc.value.code == 2
+        assert "KEY=VALUE" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# refreshing a shipped card in place (training.card_update)
+
+
+def _shipped_card(trained_run: Path, resources: Path, tmp_path: Path) -> tuple[Path, str]:
+    """An exported card grown by hand: a note above the table, a whole-photo subsection with a
+    note below its table, a training history."""
+    res = E.export_model(trained_run / "model.safetensors", "lorair-test-tiny")
+    card = E.write_model_card(trained_run, trained_run / "eval", tmp_path / "card.md", res)
+    table = to_markdown(json.loads((trained_run / "eval" / "eval.json").read_text())).split("\n\n")[0]
+    text = card.read_text().replace(
+        "## Validation\n\n", "## Validation\n\nHAND NOTE above the table.\n\n"
+    ).replace(
+        "\n## Status", f"\n### Whole photos\n\nWHOLE PARAGRAPH.\n\n{table}\n\nWHOLE NOTE below.\n\n## Status"
+    ).replace("\n## Hardware", "\n## Training history\n\n- session 1: the first run.\n\n## Hardware")
+    card.write_text(text)
+    return card, text
+
+
+def test_card_update_keeps_the_hand_kept_text(trained_run: Path, resources: Path, tmp_path: Path) -> None:
+    from lorair_desktop.training.card_update import update_model_card
+
+    card, before = _shipped_card(trained_run, resources, tmp_path)
+    ev = json.loads((trained_run / "eval" / "eval.json").read_text())
+    row = ev["rows"][0]
+    row["model"]["psnr"] = row["input"]["psnr"] + 12.3456  # a new measurement, easy to find
+    for t in ev["targets"]:
+        t["met"] = True
+    ev["compare"] = {"rows": []}  # a --compare report: its comparison is not a card table
+    new_eval = tmp_path / "new" / "eval.json"
+    new_eval.parent.mkdir()
+    new_eval.write_text(json.dumps(ev))
+    done = update_model_card(card, crops_eval=new_eval, whole_eval=new_eval.parent, history="session 2: more steps.")
+    after = card.read_text()
+    assert len(done) == 3, done
+    for kept in ("HAND NOTE above the table.", "WHOLE PARAGRAPH.", "WHOLE NOTE below.", "## Data", "## Recipe",
+                 "- session 1: the first run.\n- session 2: more steps.\n\n## Hardware"):
+        assert kept in after, kept
+    assert after.count(f"| {row['row']} |") == 2 and after.count("+12.35 |") == 2  # both tables re-measured
+    assert "All measured targets met." in after and "Targets not reached yet" not in after
+    assert after.count("| target | measured |") == 1 and after.count("## Status") == 1
+    # the same entry is not added twice; an unchanged evaluation leaves the card as it was
+    once = card.read_text()
+    update_model_card(card, crops_eval=new_eval, history="- session 2: more steps.")
+    assert card.read_text() == once
+    # and the first evaluation brings the first card back, word for word, with the new history entry
+    update_model_card(card, crops_eval=trained_run / "eval", whole_eval=trained_run / "eval")
+    first = "- session 1: the first run.\n"
+    assert card.read_text() == before.replace(first, first + "- session 2: more steps.\n")
+
+
+def test_card_update_weights_name_merged_experts(trained_run: Path, resources: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from lorair_desktop.training import card_update as U
+    from lorair_desktop.training.merge_experts import merge_experts
+
+    card, _ = _shipped_card(trained_run, resources, tmp_path)
+    merged = tmp_path / "merged.safetensors"
+    merge_experts(trained_run / "model.safetensors", trained_run / "model.safetensors", ["noise"], merged)
+    res = E.export_model(merged, "lorair-test-tiny")  # export keeps the merged experts' record
+    assert U.main([str(card), "--weights", "lorair-test-tiny"]) == 0
+    assert "weights lorair-test-tiny.safetensors" in capsys.readouterr().out
+    text = card.read_text()
+    assert f"sha256 `{res['sha256']}`" in text
+    assert (f"from a run checkpoint with sha256 `{sha256_file(merged)}`; the noise expert from a run checkpoint "
+            f"with sha256 `{sha256_file(trained_run / 'model.safetensors')}`") in text
+    blended = tmp_path / "blended.safetensors"  # two runs of one expert averaged: the card says so
+    merge_experts(merged, trained_run / "model.safetensors", ["haze"], blended, blend=0.5)
+    E.export_model(blended, "lorair-test-tiny")
+    assert U.main([str(card), "--weights", "lorair-test-tiny"]) == 0
+    run_sha = sha256_file(trained_run / "model.safetensors")
+    assert (f"; the haze expert blended (0.5 of its own adapters, 0.5 of those of a run checkpoint with sha256 "
+            f"`{run_sha}`); the noise expert from a run checkpoint with sha256 `{run_sha}`\n") in card.read_text()
+    card.write_text(text)
+    # a card without the parts to refresh, or a file that is no evaluation: a clear error, the card untouched
+    bare = tmp_path / "bare.md"
+    bare.write_text("# notes\n")
+    assert U.main([str(bare), "--eval", str(trained_run / "eval")]) == 2
+    assert "has no '## Validation' heading" in capsys.readouterr().err and bare.read_text() == "# notes\n"
+    (tmp_path / "junk.json").write_text("[1, 2]")
+    assert U.main([str(card), "--whole", str(tmp_path / "junk.json")]) == 2
+    assert "is not a `lorair eval` report" in capsys.readouterr().err and card.read_text() == text
+    assert U.main([str(card), "--weights", "no-such-model"]) == 2
+    with pytest.raises(SystemExit):
+        U.main([str(card)])  # nothing to refresh

@@ -87,3 +87,36 @@ def test_merge_refuses_experts_trained_on_another_base(tmp_path: Path, capsys: p
     assert tgt.read_bytes() == before
     assert M.main([str(tgt), str(tgt), "--experts", "fog"]) == 2
     assert "has no expert fog" in capsys.readouterr().err
+
+
+def test_blend_averages_two_runs_of_the_same_expert(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    start = make_random_model(seed=3)
+    experts = list(start.cfg.experts)
+    a = experts.index("noise")
+    run_1, run_2 = _retrained(start, [a], seed=1), _retrained(start, [a], seed=2)  # two seeds, one expert
+    tgt, src = tmp_path / "1.safetensors", tmp_path / "2.safetensors"
+    save_checkpoint(run_1, tgt)
+    save_checkpoint(run_2, src)
+    out = tmp_path / "blend.safetensors"
+    assert M.main([str(tgt), str(src), "--experts", "noise", "--blend", "0.25", "-o", str(out)]) == 0
+    assert "blended 0.25" in capsys.readouterr().out
+    got, one, two = _lora(load_checkpoint(out), a), _lora(run_1, a), _lora(run_2, a)
+    for k in got:
+        assert torch.allclose(got[k], 0.75 * one[k] + 0.25 * two[k], atol=1e-6), k
+    assert not _same(got, one) and not _same(got, two)
+    for i in set(range(len(experts))) - {a}:
+        assert _same(_lora(load_checkpoint(out), i), _lora(start, i))
+    with safe_open(str(out), framework="pt") as f:
+        meta = f.metadata()
+    assert json.loads(meta[M.BLEND_KEY]) == {"noise": 0.25}
+    assert json.loads(meta[M.SOURCES_KEY]) == {"noise": sha256_file(src)}
+    # taking the expert whole afterwards drops the blend record; a weight outside (0, 1] is refused
+    out2 = tmp_path / "whole.safetensors"
+    M.merge_experts(out, src, ["noise"], out2)
+    with safe_open(str(out2), framework="pt") as f:
+        assert M.BLEND_KEY not in f.metadata()
+    assert _same(_lora(load_checkpoint(out2), a), two)
+    for bad in ("0", "1.5", "-0.2"):
+        assert M.main([str(tgt), str(src), "--experts", "noise", "--blend", bad, "-o", str(tmp_path / "x")]) == 2
+        assert "outside (0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
