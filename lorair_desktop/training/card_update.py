@@ -24,7 +24,6 @@ the tables. The card is written atomically, and only after every part was found.
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from typing import Any
 from ..core.checkpoint import read_checkpoint, read_manifest, weights_dir
 from ..errors import LoraIRError, report_error
 from .evaluate import to_markdown
-from .export import status_lines, weights_lines
+from .export import load_eval, status_lines, weights_lines
 
 __all__ = ["update_model_card"]
 
@@ -62,19 +61,6 @@ def _table_start(lines: list[str], start: int, end: int, card: Path, where: str)
         if lines[i].startswith(ROWS_HEADER):
             return i
     raise LoraIRError(f"{card.name}: the {where} section has no rows table", "write the card anew with `export`")
-
-
-def _load_eval(path: Path) -> dict[str, Any]:
-    p = path / "eval.json" if path.is_dir() else path
-    try:
-        ev = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise LoraIRError(f"cannot read the evaluation {p}: {exc}", "pass an eval.json `lorair eval --out` wrote") \
-            from None
-    if not isinstance(ev, dict) or not isinstance(ev.get("rows"), list):
-        raise LoraIRError(f"{p} is not a `lorair eval` report", "pass an eval.json `lorair eval --out` wrote")
-    ev.pop("compare", None)
-    return ev
 
 
 def _weights_info(name: str) -> dict[str, Any]:
@@ -114,7 +100,7 @@ def update_model_card(
         lines[at:at + 2] = weights_lines(info)
         done.append(f"weights {info['file']} (sha256 {info['sha256'][:12]}…)")
     if crops_eval is not None:
-        ev = _load_eval(crops_eval)
+        ev = load_eval(crops_eval) or {}
         start, end = _section(lines, "## Validation", card)
         table = _table_start(lines, start, end, card, "Validation")
         # the generated block ends where the section's next subsection (or section) starts
@@ -124,7 +110,7 @@ def update_model_card(
         lines[s_start:s_end] = ["", *status_lines(ev), ""]
         done.append(f"validation tables and status from {crops_eval}")
     if whole_eval is not None:
-        ev = _load_eval(whole_eval)
+        ev = load_eval(whole_eval) or {}
         start, end = _section(lines, "### Whole photos", card)
         at = _table_start(lines, start, end, card, "Whole photos")
         _replace_table(lines, at, to_markdown(ev).split("\n\n")[0].split("\n"))

@@ -43,7 +43,8 @@ from .merge_experts import BLEND_KEY, SOURCES_KEY
 from .prototypes import measure_prototypes
 
 __all__ = [
-    "FP16_TOLERANCE", "export_model", "fp16_check", "status_lines", "test_image", "weights_lines", "write_model_card",
+    "FP16_TOLERANCE", "export_model", "fp16_check", "load_eval", "status_lines", "test_image", "weights_lines",
+    "write_model_card",
 ]
 
 log = logging.getLogger(__name__)
@@ -181,13 +182,23 @@ def _fmt_minutes(seconds: float | None) -> str:
     return "–" if seconds is None else f"{seconds / 60:.1f} min"
 
 
-def _load_eval(eval_json: Path | dict | None) -> dict[str, Any] | None:
+def load_eval(eval_json: Path | dict | None) -> dict[str, Any] | None:
+    """A ``lorair eval`` report from its eval.json (or folder, or the dict itself), without the
+    comparison part of a ``--compare`` report, which is no card table."""
     if eval_json is None or isinstance(eval_json, dict):
         return eval_json
     p = Path(eval_json)
     if p.is_dir():
         p = p / "eval.json"
-    return json.loads(p.read_text(encoding="utf-8"))
+    try:
+        ev = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise LoraIRError(f"cannot read the evaluation {p}: {exc}", "pass an eval.json `lorair eval --out` wrote") \
+            from None
+    if not isinstance(ev, dict) or not isinstance(ev.get("rows"), list):
+        raise LoraIRError(f"{p} is not a `lorair eval` report", "pass an eval.json `lorair eval --out` wrote")
+    ev.pop("compare", None)
+    return ev
 
 
 def _data_section(run: dict[str, Any]) -> list[str]:
@@ -416,7 +427,7 @@ def write_model_card(
         lines.append(f"Trained on {next(iter(by_machine), None) or _machine(run['hardware'], run)}")
     else:
         lines.append(f"Trained on device `{run.get('device', '?')}` (the run did not record more).")
-    ev = _load_eval(eval_json)
+    ev = load_eval(eval_json)
     lines += ["", "## Validation", ""]
     if ev:
         ehw = ev.get("hardware", {})
