@@ -148,6 +148,10 @@ def test_export_cli(trained_run: Path, resources: Path, capsys: pytest.CaptureFi
     assert "sha256" in out and "fp16 vs fp32" in out
     assert (resources / "weights" / "lorair-test-tiny.md").is_file()
     assert E.main([str(trained_run / "model.safetensors"), "--name", "lorair-compact"]) == 2
+    junk = resources / "junk.json"  # an --eval that is no evaluation: a clear error, not a traceback
+    junk.write_text('{"rows": 3}')
+    assert E.main([str(trained_run / "model.safetensors"), "--name", "lorair-test-tiny", "--eval", str(junk)]) == 2
+    assert "is not a `lorair eval` report" in capsys.readouterr().err
 
 
 def test_export_measures_prototypes_a_run_lacks(trained_run: Path, resources: Path, photo_folder: Path,
