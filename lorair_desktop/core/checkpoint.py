@@ -157,21 +157,35 @@ def save_checkpoint(model: LoRAIR, path: Path, half: bool = False, meta: dict[st
     return sha256_file(path)
 
 
-def read_checkpoint(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, str]]:
+def _unreadable(path: Path, exc: Exception) -> CheckpointError:
+    return CheckpointError(f"{path.name} is not a readable safetensors file: {exc}",
+                           "re-download or re-export the checkpoint")
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """A checkpoint's metadata (config, export record, merged experts' sources) from its header
+    alone, without reading the tensors."""
     if not path.is_file():
         raise ModelNotFound(f"checkpoint {path} does not exist")
-    try:
-        tensors = load_file(str(path))
-        from safetensors import safe_open
+    from safetensors import safe_open
 
+    try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path.name} is not a readable safetensors file: {exc}",
-                              "re-download or re-export the checkpoint") from exc
+        raise _unreadable(path, exc) from exc
     if meta.get("format") != FORMAT or "config" not in meta:
         raise CheckpointError(f"{path.name} is not a LoRA-IR Desktop checkpoint (no embedded config)",
                               "convert official weights with `lorair import-official`")
+    return meta
+
+
+def read_checkpoint(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, str]]:
+    meta = read_metadata(path)
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise _unreadable(path, exc) from exc
     try:
         cfg = config_from_dict(json.loads(meta["config"]), where=f"{path.name}:config")
     except json.JSONDecodeError as exc:

@@ -1,7 +1,7 @@
 """Refresh a shipped model card in place: new weights or a new evaluation, the hand-kept text kept.
 
     python -m lorair_desktop.training.card_update CARD.md [--weights NAME] [--eval EVAL] \
-        [--whole EVAL] [--history TEXT_OR_FILE]
+        [--whole EVAL] [--history TEXT | --history-file FILE]
 
 ``export`` writes a whole card from one run; a shipped model's card then grows by hand (its
 training history, notes beside its tables) and would lose all that to a fresh card. This rewrites
@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..core.checkpoint import read_checkpoint, read_manifest, weights_dir
+from ..core.checkpoint import read_manifest, read_metadata, weights_dir
 from ..errors import LoraIRError, report_error
 from .evaluate import to_markdown
 from .export import load_eval, status_lines, weights_lines
@@ -67,8 +67,7 @@ def _weights_info(name: str) -> dict[str, Any]:
     entry = read_manifest().get(name)
     if entry is None:
         raise LoraIRError(f"the weights manifest has no model '{name}'", "export the model first")
-    _, _, meta = read_checkpoint(weights_dir() / entry["file"])
-    return {**meta, **entry}
+    return {**read_metadata(weights_dir() / entry["file"]), **entry}
 
 
 def _replace_table(lines: list[str], at: int, table: list[str]) -> None:
@@ -100,7 +99,7 @@ def update_model_card(
         lines[at:at + 2] = weights_lines(info)
         done.append(f"weights {info['file']} (sha256 {info['sha256'][:12]}…)")
     if crops_eval is not None:
-        ev = load_eval(crops_eval) or {}
+        ev = load_eval(crops_eval)
         start, end = _section(lines, "## Validation", card)
         table = _table_start(lines, start, end, card, "Validation")
         # the generated block ends where the section's next subsection (or section) starts
@@ -110,7 +109,7 @@ def update_model_card(
         lines[s_start:s_end] = ["", *status_lines(ev), ""]
         done.append(f"validation tables and status from {crops_eval}")
     if whole_eval is not None:
-        ev = load_eval(whole_eval) or {}
+        ev = load_eval(whole_eval)
         start, end = _section(lines, "### Whole photos", card)
         at = _table_start(lines, start, end, card, "Whole photos")
         _replace_table(lines, at, to_markdown(ev).split("\n\n")[0].split("\n"))
@@ -141,11 +140,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--weights", metavar="NAME", help="refresh the file lines from this manifest entry")
     p.add_argument("--eval", type=Path, help="eval.json (or its folder) of the 256² crops")
     p.add_argument("--whole", type=Path, help="eval.json (or its folder) of `lorair eval --crop 0`")
-    p.add_argument("--history", help="a training-history entry, or a file holding it")
+    entry = p.add_mutually_exclusive_group()
+    entry.add_argument("--history", metavar="TEXT", help="a training-history entry")
+    entry.add_argument("--history-file", type=Path, metavar="FILE", help="a file holding the entry")
     args = p.parse_args(argv)
     history = args.history
-    if history and Path(history).is_file():
-        history = Path(history).read_text(encoding="utf-8")
+    if args.history_file is not None:
+        try:
+            history = args.history_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            p.error(f"cannot read --history-file: {exc}")
     if not any((args.weights, args.eval, args.whole, history)):
         p.error("nothing to refresh: give --weights, --eval, --whole or --history")
     try:

@@ -275,3 +275,13 @@ def test_card_update_weights_name_merged_experts(trained_run: Path, resources: P
     assert U.main([str(card), "--weights", "no-such-model"]) == 2
     with pytest.raises(SystemExit):
         U.main([str(card)])  # nothing to refresh
+    # a history entry as long as the card's real ones, given as text or in a file
+    long_entry = "Session 3: " + "a long account of the run, " * 60
+    assert U.main([str(card), "--history", long_entry]) == 0
+    entry_file = tmp_path / "entry.md"
+    entry_file.write_text("- Session 4: from a file.\n")
+    assert U.main([str(card), "--history-file", str(entry_file)]) == 0
+    assert f"- {long_entry.strip()}\n- Session 4: from a file.\n\n## Hardware" in card.read_text()
+    with pytest.raises(SystemExit):
+        U.main([str(card), "--history-file", str(tmp_path / "missing.md")])
+    assert "cannot read --history-file" in capsys.readouterr().err
