@@ -85,6 +85,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tune-base", default=None, metavar="MODULE,...",
                    help="experts stage: fine-tune the base weights of these network modules too (e.g. "
                    "'middle.blocks.2,middle.blocks.3', the blocks a grown network added), the rest kept as it is")
+    p.add_argument("--freeze-experts", default=None, metavar="NAME,...",
+                   help="experts stage: keep these experts bit for bit even where --tasks gives their "
+                   "degradations data, so the experts trained learn the mixes the router puts them in "
+                   "(e.g. --tasks blur=2,haze=1 --freeze-experts haze)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (CUDA or CPUs with AMX)")
     p.add_argument("--run-dir", type=Path, default=None, help="where checkpoints live (default: user cache)")
@@ -181,12 +185,30 @@ def parse_tasks(spec: str | None, experts: tuple[str, ...]) -> list[float] | Non
     return [weights[n] for n in experts]
 
 
+def frozen_experts(o: argparse.Namespace, experts: tuple[str, ...]) -> tuple[int, ...]:
+    """The experts the experts stage keeps bit for bit: those --tasks gives no data, and those
+    --freeze-experts names (their degradations' crops still train the other experts the router
+    mixes in). Refused where no adapter would be left to train."""
+    names = o.freeze_experts.split(",") if isinstance(o.freeze_experts, str) else list(o.freeze_experts or [])
+    names = [n.strip() for n in names if n.strip()]
+    for n in names:
+        if n not in experts:
+            raise LoraIRError(f"--freeze-experts: unknown expert {n!r}", f"this preset has {', '.join(experts)}")
+    o.freeze_experts = names or None
+    idx = {i for i, w in enumerate(o.task_weights or []) if w == 0} | {experts.index(n) for n in names}
+    if names and len(idx) == len(experts) and not (o.full or o.tune_base):
+        raise LoraIRError("--freeze-experts keeps every expert that --tasks trains: nothing is left to train",
+                          "name fewer experts, or add a task for an expert to learn")
+    return tuple(sorted(idx))
+
+
 #: New-run values of the options a resume restores from the stage's recorded recipe when the command
 #: line leaves them out (steps, batch, lr and context come from STAGE_DEFAULTS). A stopped run so
 #: continues as it was started: the same schedule, the same trained parameters (--full), the same data mix.
 OPTION_DEFAULTS: dict[str, object] = {
     "crop": None, "full": False, "bf16": False, "seed": 0, "tasks": None, "crops_per_context": 1, "mixed": 0.0,
     "flat_crops": FLAT_KEEP_PROB, "time_schedule": False, "anchor_prior": False, "tune_base": None,
+    "freeze_experts": None,
 }
 
 
@@ -320,13 +342,15 @@ def run(args: argparse.Namespace) -> int:
         o = stage_options(args, st, recorded.get("recipe", {}).get(st) if resumed else None,
                           MINUTE_SHARE[st] if len(stages) > 1 else 1.0)
         o.task_weights = parse_tasks(o.tasks, tuple(cfg.experts))
+        o.frozen = frozen_experts(o, tuple(cfg.experts)) if st == "experts" else ()
         if o.mixed and o.task_weights is not None and sum(w > 0 for w in o.task_weights) < 2:
             raise LoraIRError("--mixed pairs two degradations, --tasks names only one", "add a task or drop --mixed")
         if o.restored:
             print(f"resuming {st} with its recorded options: {' '.join(o.restored)}", file=sys.stderr)
         options[st] = o
-    if args.tune_base and args.stage not in ("experts", "all"):
-        raise LoraIRError("--tune-base is for the experts stage", "add --stage experts")
+    for flag, given in (("--tune-base", args.tune_base), ("--freeze-experts", args.freeze_experts)):
+        if given and args.stage not in ("experts", "all"):
+            raise LoraIRError(f"{flag} is for the experts stage", "add --stage experts")
     if "experts" in options and options["experts"].tune_base:
         tuned_base(LoRAIR(cfg), options["experts"].tune_base)  # an unknown module is refused before any training
     seed = 0 if args.seed is None else args.seed
@@ -393,8 +417,7 @@ def run(args: argparse.Namespace) -> int:
                 time_schedule=o.time_schedule,
                 crops_per_context=o.crops_per_context,
                 anchor_prior=o.anchor_prior and st == "router",
-                frozen_experts=tuple(i for i, w in enumerate(o.task_weights or []) if w == 0)
-                if st == "experts" else (),
+                frozen_experts=o.frozen,
             )
             ds = RestorationDataset(
                 train_bank,
@@ -417,7 +440,8 @@ def run(args: argparse.Namespace) -> int:
                 continue
             # Per stage, hardware included: a run may move between machines.
             recipe = {**stage_config_dict(sc), "context": context, "crop": None if st == "router" else crop,
-                      "tasks": o.tasks or "all", "mixed": o.mixed, "flat_crops": o.flat_crops, "hardware": hardware}
+                      "tasks": o.tasks or "all", "freeze_experts": o.freeze_experts, "mixed": o.mixed,
+                      "flat_crops": o.flat_crops, "hardware": hardware}
             recipes = {**recipes, st: recipe}
             info({"recipe": recipes})
             t0 = time.monotonic()

@@ -165,7 +165,8 @@ class StageRunner:
         degradations gives it a small weight now and then, and Adam scales even a tiny gradient to
         a full step: a jpeg-only LoRA run moved the noise, rain and low-light experts by 2-6 dB
         within 900 steps. So their gradients are dropped and their slices put back after each step
-        (AdamW's weight decay reaches them too)."""
+        (AdamW's weight decay reaches them too). --freeze-experts names more: experts whose
+        degradations are drawn, to train the others on the crops the router mixes them into."""
         idx = sorted(set(self.sc.frozen_experts))
         if self.sc.stage != "experts" or not idx:
             return []

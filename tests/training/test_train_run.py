@@ -596,3 +596,40 @@ def test_experts_left_out_of_tasks_stay_exactly_as_they_were(tiny_config: Path, 
     assert any(not torch.equal(a[k][0], b[k][0]) for k in lora)  # the noise expert learnt
     for k in lora:
         assert torch.equal(a[k][1], b[k][1]), k  # haze: untouched
+
+
+def test_freeze_experts_keeps_an_expert_whose_crops_still_train_the_others(
+        tiny_config: Path, photo_folder: Path, tmp_path: Path) -> None:
+    """`--tasks noise,haze --freeze-experts haze`: hazy crops are drawn and train the noise expert
+    wherever the router mixes it in, while the haze expert stays bit for bit."""
+    train(tiny_config, photo_folder, tmp_path / "start", "base", 2)
+    start = tmp_path / "start" / "model.safetensors"
+    common = ("--init-from", str(start), "--lr", "3e-3", "--seed", "5")
+    info = train(tiny_config, photo_folder, tmp_path / "frozen", "experts", 6, *common,
+                 "--tasks", "noise,haze", "--freeze-experts", "haze")
+    alone = tmp_path / "alone"
+    train(tiny_config, photo_folder, alone, "experts", 6, *common, "--tasks", "noise")
+    a, b = load_file(str(start)), load_file(str(tmp_path / "frozen" / "model.safetensors"))
+    c = load_file(str(alone / "model.safetensors"))
+    lora = [k for k in a if ".lora_" in k]
+    recipe = info["recipe"]["experts"]
+    assert recipe["frozen_experts"] == [1] and recipe["freeze_experts"] == ["haze"]
+    for k in lora:
+        assert torch.equal(a[k][1], b[k][1]), k  # haze: untouched though its crops were drawn
+    assert any(not torch.equal(a[k][0], b[k][0]) for k in lora)  # the noise expert learnt
+    assert any(not torch.equal(b[k][0], c[k][0]) for k in lora)  # and on other data than noise alone
+
+
+def test_freeze_experts_is_checked(tiny_config: Path, photo_folder: Path, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["train", "--preset", str(tiny_config), "--data", str(photo_folder), "--steps", "2"]
+    cases = [
+        (["--stage", "experts", "--freeze-experts", "jpeg"], "unknown expert 'jpeg'"),
+        (["--stage", "experts", "--freeze-experts", "noise,haze"], "nothing is left to train"),
+        (["--stage", "experts", "--tasks", "noise", "--freeze-experts", "noise"], "nothing is left to train"),
+        (["--stage", "base", "--freeze-experts", "haze"], "--freeze-experts is for the experts stage"),
+    ]
+    for i, (extra, message) in enumerate(cases):
+        assert main([*base, "--run-dir", str(tmp_path / str(i)), *extra]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / str(i)).exists()
