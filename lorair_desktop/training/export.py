@@ -39,8 +39,8 @@ from ..core.inference import Restorer
 from ..core.model import LoRAIR
 from ..errors import CheckpointError, ConfigError, LoraIRError, report_error
 from .dataset import FLAT_KEEP_PROB, DatasetError, photo_bank
-from .merge_experts import BLEND_KEY, SOURCES_KEY
 from .prototypes import measure_prototypes
+from .provenance import SOURCES_KEY, Provenance
 
 __all__ = [
     "FP16_TOLERANCE", "export_model", "fp16_check", "load_eval", "status_lines", "test_image", "weights_lines",
@@ -138,9 +138,10 @@ def export_model(
         "exported": stamp_time(),
         "source_sha256": sha256_file(run_checkpoint),
         # a merged checkpoint's record of which experts came from which run travels with it
-        **{k: src_meta[k] for k in (SOURCES_KEY, BLEND_KEY) if k in src_meta},
+        **Provenance.from_meta(src_meta, run_checkpoint.name, src_cfg.experts).to_meta(),
         **(meta or {}),
     }
+    Provenance.from_meta(info, f"the metadata for {name}", src_cfg.experts)  # --meta may give a record by hand
     save_checkpoint(model, staging, half=True, meta=info)
     try:
         check = fp16_check(model, load_checkpoint(staging))
@@ -332,15 +333,11 @@ def weights_lines(weights: dict[str, Any]) -> list[str]:
     (``weights``: a manifest entry plus the file's metadata, as ``export_model`` returns it)."""
     line = (f"- exported {weights.get('exported', '?')} from a run checkpoint with sha256 "
             f"`{weights.get('source_sha256', '?')}`")
-    try:
-        donors, blends = (json.loads(weights.get(k) or "{}") for k in (SOURCES_KEY, BLEND_KEY))
-    except ValueError:
-        donors, blends = {}, {}
-    if isinstance(donors, dict) and donors:  # experts put in by merge_experts from other runs
+    record = Provenance.from_meta(weights, "the weights file")
+    if record.sources:  # experts put in by merge_experts from other runs
         by_source: dict[tuple[str, float], list[str]] = {}
-        for expert, sha in donors.items():
-            w = blends.get(expert, 1.0) if isinstance(blends, dict) else 1.0
-            by_source.setdefault((str(sha), float(w)), []).append(str(expert))
+        for expert, sha in record.sources.items():
+            by_source.setdefault((sha, record.blends.get(expert, 1.0)), []).append(expert)
         parts = []
         for (sha, w), ex in by_source.items():
             what = f"the {', '.join(ex)} expert{'s' if len(ex) > 1 else ''}"

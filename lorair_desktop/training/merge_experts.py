@@ -29,7 +29,6 @@ updated.
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,9 +36,7 @@ import torch
 
 from ..core.checkpoint import model_from_tensors, read_checkpoint, rewrite_checkpoint, sha256_file
 from ..errors import LoraIRError, report_error
-
-SOURCES_KEY = "experts_source_sha256"
-BLEND_KEY = "experts_blend"
+from .provenance import BLEND_KEY, SOURCES_KEY, Provenance
 
 
 def _differing(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> list[str]:
@@ -85,15 +82,8 @@ def merge_experts(target: Path, source: Path, experts: Sequence[str], output: Pa
         for name, p in model.net.named_parameters():
             if ".lora_" in name:  # (experts, …): one slice per expert
                 p[idx] = theirs[name][idx] if blend == 1.0 else (1.0 - blend) * p[idx] + blend * theirs[name][idx]
-    sources = json.loads(meta.get(SOURCES_KEY, "{}"))
-    sources.update(dict.fromkeys(experts, sha256_file(source)))
-    blends = {k: v for k, v in json.loads(meta.get(BLEND_KEY, "{}")).items() if k not in experts}
-    if blend < 1.0:
-        blends.update(dict.fromkeys(experts, blend))
-    new_meta = {k: v for k, v in meta.items() if k != BLEND_KEY}
-    new_meta[SOURCES_KEY] = json.dumps(sources, sort_keys=True)
-    if blends:
-        new_meta[BLEND_KEY] = json.dumps(blends, sort_keys=True)
+    record = Provenance.from_meta(meta, target.name, cfg.experts).with_source(experts, sha256_file(source), blend)
+    new_meta = {k: v for k, v in meta.items() if k not in (SOURCES_KEY, BLEND_KEY)} | record.to_meta()
     return rewrite_checkpoint(model, out, (tensors, new_meta))
 
 

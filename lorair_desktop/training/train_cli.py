@@ -35,6 +35,7 @@ from .dataset import (
     photo_bank,
 )
 from .prototypes import measure_prototypes
+from .provenance import Provenance, carried
 from .trainer import (
     STAGES,
     UNBOUNDED_STEPS,
@@ -289,8 +290,11 @@ def seed_run(run_dir: Path, cfg: ModelConfig, source: Path, seed: int, router_on
         loaded = model.load_state_dict({k: v for k, v in theirs.items() if k in model.state_dict()}, strict=False)
         assert all(".blocks." in k for k in loaded.missing_keys), loaded.missing_keys  # only added blocks are new
     model.prior_prototypes = src.prior_prototypes  # every branch keeps the source's router, so they hold
+    # Which experts a merged source took from other runs holds for the adapters kept as they were
+    # (a rank grown keeps what each expert computes); new blocks' adapters are this run's own.
+    record = Provenance() if router_only or reshaped else Provenance.of_file(source, cfg.experts)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(model, run_dir / "model.safetensors")
+    save_checkpoint(model, run_dir / "model.safetensors", meta=record.to_meta())
 
 
 def default_workers(device: torch.device, processes: int = 1) -> int:
@@ -453,7 +457,8 @@ def run(args: argparse.Namespace) -> int:
                 stream.close()
             if st == "router" and rank == 0 and not result["interrupted"]:  # a stop request stops now
                 model.prior_prototypes = measure_prototypes(model, train_bank)
-                save_checkpoint(model, run_dir / "model.safetensors")
+                save_checkpoint(model, run_dir / "model.safetensors",
+                                meta=carried(run_dir / "model.safetensors", cfg.experts))
             result["wall_s"] = time.monotonic() - t0
             result["wall_s_total"] = runner.wall_s  # all sessions of this stage (kept in its state file)
             result["history"] = runner.history[-20:]

@@ -35,6 +35,7 @@ from ..core.model import LoRAIR
 from ..errors import LoraIRError
 from .anchor import PriorAnchor
 from .dataset import to_float
+from .provenance import carried
 
 log = logging.getLogger(__name__)
 STAGES = ("router", "base", "experts")
@@ -204,10 +205,18 @@ class StageRunner:
         return self.wall_before + now
 
     # -- checkpoints -----------------------------------------------------------------------------
+    def untrained_experts(self) -> list[str]:
+        """Experts whose adapters this stage leaves as they are (their merged-from record stays)."""
+        experts = list(self.model.cfg.experts)
+        if self.sc.stage != "experts":
+            return experts
+        return [experts[i] for i in sorted(set(self.sc.frozen_experts))]
+
     def save(self) -> None:
         if self.rank != 0:
             return
-        save_checkpoint(self.model, self.run_dir / "model.safetensors")
+        path = self.run_dir / "model.safetensors"
+        save_checkpoint(self.model, path, meta=carried(path, self.untrained_experts()))
         tmp = self.state_path.with_suffix(".tmp")
         torch.save(
             {
