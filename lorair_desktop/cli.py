@@ -82,7 +82,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     res = restorer.restore(img.rgb, overrides, keep, **tiling, progress=None if args.quiet else _Progress(),
                            ensemble=args.ensemble)
     imageio.write_image(dst, res.image, img.alpha, img.bit_depth, img.icc_profile, quality=args.quality,
-                        exif=img.exif)
+                        exif=img.exif, grey=img.grey)
     if args.json:
         print(json.dumps({"output": str(dst), "router_weights": res.router_weights,
                           "applied_weights": res.applied_weights, "tiles": res.tiles, "timings": res.timings,

@@ -3,8 +3,10 @@
 numpy + Pillow + OpenCV only (no torch, no Qt): the CLI, the worker tools and the app share it.
 - 8-bit and 16-bit per channel (16-bit PNG through OpenCV, 16-bit TIFF through tifffile, which keep
   the depth; Pillow reads 8-bit formats, EXIF orientation and the ICC profile);
-- alpha is split off and passed through untouched; grey images become RGB; palette and CMYK are
-  converted (CMYK is refused, since a correct conversion needs its ICC profile and this is lossy);
+- alpha is split off and passed through untouched; palette images become RGB; CMYK is refused
+  (a correct conversion needs its ICC profile, and this one would be lossy);
+- grey images are restored as RGB (the network's input) and written back grey, with their own
+  grey ICC profile (an RGB file never carries a grey profile: viewers reject or misrender it);
 - EXIF orientation is applied on read (pixels upright) and the tag dropped on write;
 - ICC profiles are carried to PNG, JPEG, TIFF and WebP outputs.
 """
@@ -37,6 +39,7 @@ class LoadedImage:
     exif: bytes | None = None
     source_format: str = ""
     info: dict = field(default_factory=dict)
+    grey: bool = False  # one colour channel in the file: written back grey
 
     @property
     def size(self) -> tuple[int, int]:
@@ -71,15 +74,15 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
             sixteen = mode in ("I;16", "I;16B", "I;16L", "I") or (fmt in ("PNG", "TIFF") and _is_16bit(path, im))
             if not sixteen:
                 im.load()
-                rgb, alpha = _from_pil(ImageOps.exif_transpose(im))
-                return LoadedImage(rgb, alpha, 8, icc, exif, fmt)
+                rgb, alpha, grey = _from_pil(ImageOps.exif_transpose(im))
+                return LoadedImage(rgb, alpha, 8, icc, exif, fmt, grey=grey)
     except ImageError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"cannot read {path.name}: {exc}", "the file is damaged or not an image") from exc
-    rgb, alpha = _read_16bit(path)
+    rgb, alpha, grey = _read_16bit(path)
     rgb, alpha = _orient(rgb, orientation), None if alpha is None else _orient(alpha, orientation)
-    return LoadedImage(rgb, alpha, 16, icc, exif, fmt)
+    return LoadedImage(rgb, alpha, 16, icc, exif, fmt, grey=grey)
 
 
 def _is_16bit(path: Path, im: Image.Image) -> bool:
@@ -92,7 +95,7 @@ def _is_16bit(path: Path, im: Image.Image) -> bool:
     return bool(bps) and max(bps if isinstance(bps, tuple) else (bps,)) == 16
 
 
-def _from_pil(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+def _from_pil(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None, bool]:
     if im.mode in ("P", "PA"):
         im = im.convert("RGBA" if "transparency" in im.info or im.mode == "PA" else "RGB")
     if im.mode in ("1", "L", "LA", "I", "F"):
@@ -106,12 +109,13 @@ def _from_pil(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     if a.shape[2] in (2, 4):
         alpha = a[..., -1].astype(np.float32) / 255.0
         a = a[..., :-1]
-    if a.shape[2] == 1:
+    grey = a.shape[2] == 1
+    if grey:
         a = np.repeat(a, 3, axis=2)
-    return a.astype(np.float32) / 255.0, alpha
+    return a.astype(np.float32) / 255.0, alpha, grey
 
 
-def _read_16bit(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+def _read_16bit(path: Path) -> tuple[np.ndarray, np.ndarray | None, bool]:
     a = cv2.imread(str(path), cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
     if a is None:
         raise ImageError(f"cannot read the 16-bit pixels of {path.name}", "the file may be damaged")
@@ -121,12 +125,17 @@ def _read_16bit(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     if a.shape[2] in (2, 4):
         alpha = a[..., -1].astype(np.float32) / 65535.0
         a = a[..., :-1]
-    if a.shape[2] == 3:
-        a = a[..., ::-1]  # OpenCV is BGR
-    else:
-        a = np.repeat(a, 3, axis=2)
+    grey = a.shape[2] == 1
+    a = np.repeat(a, 3, axis=2) if grey else a[..., ::-1]  # OpenCV is BGR
     scale = 65535.0 if a.dtype == np.uint16 else 255.0
-    return np.ascontiguousarray(a.astype(np.float32) / scale), alpha
+    return np.ascontiguousarray(a.astype(np.float32) / scale), alpha, grey
+
+
+def icc_colour_space(icc: bytes | None) -> str | None:
+    """The data colour space an ICC profile's header names ('RGB', 'GRAY', …), None if unreadable."""
+    if not icc or len(icc) < 20:
+        return None
+    return icc[16:20].decode("ascii", "replace").strip() or None
 
 
 def _orient(a: np.ndarray, orientation: int) -> np.ndarray:
@@ -159,27 +168,38 @@ def write_image(
     icc_profile: bytes | None = None,
     quality: int = 95,
     exif: bytes | None = None,
+    grey: bool = False,
 ) -> None:
     """Write atomically (temp file + rename), so a failure never leaves a half-written file.
 
-    `exif` (as read) is kept on 8-bit outputs with its orientation reset to 1: pixels are upright."""
+    `exif` (as read) is kept on 8-bit outputs with its orientation reset to 1: pixels are upright.
+    `grey` writes one channel, the mean of the three, where the format holds it (WebP and 16-bit PNG
+    with alpha do not: those get the grey value in all three). A profile whose colour space does not
+    match the channels written (a grey profile on RGB) is left out rather than written wrong."""
     path = Path(path)
     fmt = WRITE_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise ImageError(f"cannot write '{path.suffix}' files", f"use one of {', '.join(sorted(WRITE_FORMATS))}")
     if bit_depth == 16 and fmt not in ("PNG", "TIFF"):
         bit_depth = 8  # JPEG/WebP are 8-bit formats
-    chans = [np.clip(rgb, 0, 1)]
-    if alpha is not None and fmt != "JPEG":
-        chans.append(np.clip(alpha, 0, 1)[..., None])
+    has_alpha = alpha is not None and fmt != "JPEG"
+    rgb = np.clip(rgb, 0, 1)
+    if grey:
+        rgb = rgb.mean(axis=2, keepdims=True)
+        if fmt == "WEBP" or (bit_depth == 16 and fmt == "PNG" and has_alpha):
+            rgb = np.repeat(rgb, 3, axis=2)
+    chans = [rgb, np.clip(alpha, 0, 1)[..., None]] if has_alpha else [rgb]
     a = np.concatenate(chans, axis=2)
+    if icc_colour_space(icc_profile) != ("GRAY" if rgb.shape[2] == 1 else "RGB"):
+        icc_profile = None
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         if bit_depth == 16:
             _write_16bit(tmp, fmt, a, icc_profile)
         else:
             u8 = (a * 255.0 + 0.5).astype(np.uint8)
-            im = Image.fromarray(u8, "RGBA" if u8.shape[2] == 4 else "RGB")
+            mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[u8.shape[2]]
+            im = Image.fromarray(u8[..., 0] if mode == "L" else u8, mode)
             kw: dict = {}
             if icc_profile:
                 kw["icc_profile"] = icc_profile
@@ -209,12 +229,14 @@ def upright_exif(exif: bytes) -> bytes:
 
 def _write_16bit(tmp: Path, fmt: str, a: np.ndarray, icc: bytes | None) -> None:
     u16 = (a * 65535.0 + 0.5).astype(np.uint16)
+    colour = u16.shape[2] >= 3
     if fmt == "TIFF":
-        photometric = "rgb"
-        extra = {"extrasamples": ("unassalpha",)} if u16.shape[2] == 4 else {}
-        tifffile.imwrite(tmp, u16, photometric=photometric, compression="zlib", iccprofile=icc, **extra)
+        photometric = "rgb" if colour else "minisblack"
+        extra = {"extrasamples": ("unassalpha",)} if u16.shape[2] in (2, 4) else {}
+        tifffile.imwrite(tmp, u16 if u16.shape[2] > 1 else u16[..., 0], photometric=photometric,
+                         compression="zlib", iccprofile=icc, **extra)
         return
-    bgr = u16[..., [2, 1, 0, 3]] if u16.shape[2] == 4 else u16[..., ::-1]
+    bgr = u16[..., [2, 1, 0, 3]] if u16.shape[2] == 4 else u16[..., ::-1] if colour else u16[..., 0]
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(bgr))
     if not ok:
         raise ImageError("could not encode a 16-bit PNG")

@@ -134,7 +134,8 @@ def run_batch(
             out = np.frombuffer(res.pixels, px.dtype).reshape(h, w, 3)
             dst = output_path(src, job.output_dir, job.suffix)
             imageio.write_image(
-                dst, to_float(out), img.alpha, bit_depth=img.bit_depth, icc_profile=img.icc_profile, quality=job.quality
+                dst, to_float(out), img.alpha, bit_depth=img.bit_depth, icc_profile=img.icc_profile,
+                quality=job.quality, grey=img.grey,
             )
             summary.written.append(dst)
         except BridgeError as exc:

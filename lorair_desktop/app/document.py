@@ -30,6 +30,7 @@ class ImageMeta:
     exif: bytes | None = None
     source_format: str = ""
     extra: dict = field(default_factory=dict)
+    grey: bool = False  # opened from a grey file: saved grey
 
 
 class Document(QObject):
@@ -52,7 +53,7 @@ class Document(QObject):
         img = imageio.read_image(path, max_pixels=max_pixels)
         chans = [img.rgb] if img.alpha is None else [img.rgb, img.alpha[..., None]]
         pixels = from_float(np.concatenate(chans, axis=2), img.bit_depth)
-        meta = ImageMeta(img.bit_depth, img.icc_profile, img.exif, img.source_format, dict(img.info))
+        meta = ImageMeta(img.bit_depth, img.icc_profile, img.exif, img.source_format, dict(img.info), img.grey)
         return cls(pixels, meta, path)
 
     # --- geometry -------------------------------------------------------------------------------
@@ -132,6 +133,7 @@ class Document(QObject):
             bit_depth=options.bit_depth or self.meta.bit_depth,
             icc_profile=self.meta.icc_profile,
             quality=options.quality,
+            grey=self.meta.grey,
         )
         if not as_copy:
             self.path = path

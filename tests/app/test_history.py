@@ -68,3 +68,17 @@ def test_document_patch_undo_is_exact(dtype: type, channels: int) -> None:
     doc.undo()
     doc.undo()  # nothing more to undo: no change
     assert np.array_equal(doc.pixels, px)
+
+
+def test_a_grey_document_is_saved_grey(tmp_path) -> None:
+    """Opened from a grey file, restored as RGB, saved back grey (16 bits kept): the file stays what it was."""
+    import cv2
+
+    g16 = np.random.default_rng(4).integers(0, 65535, (12, 16), dtype=np.uint16)
+    src, dst = tmp_path / "g.png", tmp_path / "saved.png"
+    cv2.imwrite(str(src), g16)
+    doc = Document.open(src)
+    assert doc.meta.grey and doc.pixels.shape == (12, 16, 3)
+    doc.save(dst)
+    back = cv2.imread(str(dst), cv2.IMREAD_UNCHANGED)
+    assert back.dtype == np.uint16 and np.array_equal(back, g16)

@@ -109,6 +109,62 @@ def test_16bit_in_gives_16bit_out_with_alpha_and_icc(small_model_path, tmp_path,
     assert len(np.unique(back[..., :3])) > 1000  # real 16-bit values, not 8-bit ones scaled up
 
 
+def _grey_icc() -> bytes:
+    """The header of a grey display profile and an empty tag table: enough to be carried, and told
+    apart from an RGB one by its colour space."""
+    head = bytearray(128)
+    head[8:12] = bytes([2, 0x10, 0, 0])
+    head[12:24] = b"mntrGRAYXYZ "
+    head[36:40] = b"acsp"
+    body = bytes(head) + (0).to_bytes(4, "big")
+    return len(body).to_bytes(4, "big") + body[4:]
+
+
+def _grey(h: int = 40, w: int = 56) -> np.ndarray:
+    return _rgb(h, w)[..., 1]
+
+
+@pytest.mark.parametrize(("ext", "mode"), [(".png", "L"), (".png", "LA"), (".jpg", "L"), (".tif", "LA")])
+def test_grey_in_gives_grey_out_with_its_profile(small_model_path, tmp_path, capsys, ext, mode) -> None:
+    """A grey photo comes back grey (one channel, the restored mean of three) with its grey profile;
+    its alpha untouched. Written as RGB it would triple in size and carry a profile that does not fit."""
+    grey = _grey()
+    px = grey if mode == "L" else np.dstack([grey, np.linspace(0, 255, grey.size).reshape(grey.shape)]).astype(np.uint8)
+    src, dst = tmp_path / f"g{ext}", tmp_path / f"g_out{ext}"
+    Image.fromarray(px, mode).save(src, icc_profile=_grey_icc())
+    assert imageio.read_image(src).grey
+    assert _run(["restore", str(src), "-o", str(dst), "--model", str(small_model_path), "-q"], capsys)[0] == 0
+    out = Image.open(dst)
+    assert out.mode == mode and out.info.get("icc_profile") == _grey_icc()
+    if mode == "LA":
+        assert np.array_equal(np.asarray(out)[..., 1], px[..., 1])
+    rgb = np.random.default_rng(3).random((8, 8, 3)).astype(np.float32)  # the grey written is the mean
+    imageio.write_image(tmp_path / "mean.png", rgb, grey=True)
+    got = np.asarray(Image.open(tmp_path / "mean.png"), np.float32)
+    assert np.abs(got - rgb.mean(axis=2) * 255).max() <= 0.5
+
+
+def test_grey_16bit_stays_16bit_grey_and_webp_gets_rgb_without_the_grey_profile(
+        small_model_path, tmp_path, capsys) -> None:
+    g16 = (np.random.default_rng(2).random((36, 44)) * 65535).astype(np.uint16)
+    src = tmp_path / "g16.png"
+    cv2.imwrite(str(src), g16)
+    img = imageio.read_image(src)
+    assert img.grey and img.bit_depth == 16 and np.array_equal(img.rgb[..., 0], img.rgb[..., 2])
+    for ext in (".png", ".tif"):
+        dst = tmp_path / f"out16{ext}"
+        assert _run(["restore", str(src), "-o", str(dst), "--model", str(small_model_path), "-q"], capsys)[0] == 0
+        back = cv2.imread(str(dst), cv2.IMREAD_UNCHANGED)
+        assert back.dtype == np.uint16 and back.shape == (36, 44)
+        assert len(np.unique(back)) > 1000  # real 16-bit values
+    web = tmp_path / "g.webp"
+    Image.fromarray(_grey()).save(tmp_path / "g8.png", icc_profile=_grey_icc())
+    assert _run(["restore", str(tmp_path / "g8.png"), "-o", str(web), "--model", str(small_model_path), "-q"],
+                capsys)[0] == 0
+    out = Image.open(web)
+    assert out.mode == "RGB" and "icc_profile" not in out.info  # WebP holds no grey; no mismatched profile
+
+
 def test_jpeg_icc_and_exif_orientation(small_model_path, tmp_path, capsys) -> None:
     icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     im = Image.fromarray(_rgb(30, 50))
