@@ -44,8 +44,10 @@ def balanced_length(length: int, tile: int, overlap: int, multiple: int = 1) -> 
 def plan_tiles(height: int, width: int, tile: int | tuple[int, int], overlap: int) -> list[Tile]:
     """Tiles covering height x width; `tile` is a square side or (rows, columns)."""
     tile_h, tile_w = (tile, tile) if isinstance(tile, int) else tile
-    if overlap * 2 >= min(tile_h, tile_w):
-        raise ValueError(f"overlap {overlap} must be less than half the tile size {min(tile_h, tile_w)}")
+    for side, length in ((tile_h, height), (tile_w, width)):
+        # an axis one tile covers has no seams: a thin strip may be narrower than twice the overlap
+        if length > side and overlap * 2 >= side:
+            raise ValueError(f"overlap {overlap} must be less than half the tile size {side}")
     th, tw = min(tile_h, height), min(tile_w, width)
     return [
         Tile(y, x, th, tw)
