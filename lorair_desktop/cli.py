@@ -74,6 +74,11 @@ def cmd_restore(args: argparse.Namespace) -> int:
         raise LoraIRError(f"{src} does not exist or is not a file")
     imageio.check_output_path(src, dst, args.force)
     img = imageio.read_image(src, max_pixels=args.max_pixels)
+    if img.frames > 1:
+        if dst.exists() and dst.resolve() == src.resolve():
+            raise LoraIRError(f"{src.name} holds {img.frames} frames or pages: writing the restored first one "
+                              "over it would lose the others", "write the output to another file")
+        print(f"note: {src.name} holds {img.frames} frames or pages; only the first is restored", file=sys.stderr)
     model = load_model(args.model)
     overrides, keep = parse_experts_arg(args.experts, model.experts)
     restorer = Restorer(model, device=args.device, precision=args.precision)

@@ -8,6 +8,8 @@ numpy + Pillow + OpenCV only (no torch, no Qt): the CLI, the worker tools and th
 - grey images are restored as RGB (the network's input) and written back grey, with their own
   grey ICC profile (an RGB file never carries a grey profile: viewers reject or misrender it);
 - EXIF orientation is applied on read (pixels upright) and the tag dropped on write;
+- of an animation or a multi-page TIFF only the first frame is read; ``frames`` says how many there
+  are, so callers can say so and never write one frame over the file that held them all;
 - ICC profiles are carried to PNG, JPEG, TIFF and WebP outputs.
 """
 
@@ -40,6 +42,7 @@ class LoadedImage:
     source_format: str = ""
     info: dict = field(default_factory=dict)
     grey: bool = False  # one colour channel in the file: written back grey
+    frames: int = 1  # frames or pages in the file (animation, multi-page TIFF): only the first is read
 
     @property
     def size(self) -> tuple[int, int]:
@@ -68,6 +71,7 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
             icc = im.info.get("icc_profile")
             exif = im.info.get("exif")
             orientation = im.getexif().get(0x0112, 1)
+            frames = max(1, int(getattr(im, "n_frames", 1)))
             mode = im.mode
             if mode == "CMYK":
                 raise ImageError(f"{path.name} is a CMYK image", "convert it to RGB in your editor first")
@@ -75,14 +79,14 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
             if not sixteen:
                 im.load()
                 rgb, alpha, grey = _from_pil(ImageOps.exif_transpose(im))
-                return LoadedImage(rgb, alpha, 8, icc, exif, fmt, grey=grey)
+                return LoadedImage(rgb, alpha, 8, icc, exif, fmt, grey=grey, frames=frames)
     except ImageError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"cannot read {path.name}: {exc}", "the file is damaged or not an image") from exc
     rgb, alpha, grey = _read_16bit(path)
     rgb, alpha = _orient(rgb, orientation), None if alpha is None else _orient(alpha, orientation)
-    return LoadedImage(rgb, alpha, 16, icc, exif, fmt, grey=grey)
+    return LoadedImage(rgb, alpha, 16, icc, exif, fmt, grey=grey, frames=frames)
 
 
 def _is_16bit(path: Path, im: Image.Image) -> bool:

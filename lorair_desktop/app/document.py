@@ -31,6 +31,7 @@ class ImageMeta:
     source_format: str = ""
     extra: dict = field(default_factory=dict)
     grey: bool = False  # opened from a grey file: saved grey
+    frames: int = 1  # frames or pages of the file it was opened from (only the first is open)
 
 
 class Document(QObject):
@@ -53,7 +54,8 @@ class Document(QObject):
         img = imageio.read_image(path, max_pixels=max_pixels)
         chans = [img.rgb] if img.alpha is None else [img.rgb, img.alpha[..., None]]
         pixels = from_float(np.concatenate(chans, axis=2), img.bit_depth)
-        meta = ImageMeta(img.bit_depth, img.icc_profile, img.exif, img.source_format, dict(img.info), img.grey)
+        meta = ImageMeta(img.bit_depth, img.icc_profile, img.exif, img.source_format, dict(img.info), img.grey,
+                         img.frames)
         return cls(pixels, meta, path)
 
     # --- geometry -------------------------------------------------------------------------------
@@ -133,9 +135,11 @@ class Document(QObject):
             bit_depth=options.bit_depth or self.meta.bit_depth,
             icc_profile=self.meta.icc_profile,
             quality=options.quality,
+            exif=self.meta.exif,
             grey=self.meta.grey,
         )
         if not as_copy:
+            self.meta.frames = 1  # the document now belongs to a file of one image
             self.path = path
             self.history.mark_clean()
             self.history_changed.emit()

@@ -177,6 +177,9 @@ class MainWindow(WindowMenus):
             self.show_message("error", f"Cannot open {path.name}: {exc}", "Check that the file is a readable image.")
             return False
         self.set_document(doc)
+        if doc.meta.frames > 1:
+            self.show_message("warning", f"{path.name} holds {doc.meta.frames} frames or pages: only the first "
+                              "is open.", "Saving writes that one image to a new file; the original keeps them all.")
         self.settings.last_folder = str(path.parent)
         self.settings.add_recent(path)
         self.settings.save()
@@ -242,7 +245,7 @@ class MainWindow(WindowMenus):
         doc = self.doc
         if doc is None:
             return False
-        if doc.path is None or doc.path.suffix.lower() not in imageio.WRITE_FORMATS:
+        if doc.path is None or doc.path.suffix.lower() not in imageio.WRITE_FORMATS or doc.meta.frames > 1:
             return self.save_as()
         return self._write(doc.path, SaveOptions(quality=self.settings.jpeg_quality), as_copy=False)
 
@@ -280,6 +283,11 @@ class MainWindow(WindowMenus):
                 f"Cannot write '{path.suffix or path.name}' files.",
                 f"Use one of {', '.join(sorted(imageio.WRITE_FORMATS))}.",
             )
+            return False
+        doc = self.doc
+        if doc.meta.frames > 1 and doc.path is not None and path.resolve() == doc.path.resolve():
+            self.show_message("error", f"{path.name} holds {doc.meta.frames} frames or pages: saving the restored "
+                              "first one over it would lose the others.", "Choose another file name.")
             return False
         try:
             self.doc.save(path, options, as_copy=as_copy)

@@ -200,6 +200,54 @@ def test_save_and_export_read_back_equal(window, tmp_path: Path, bits: int, alph
     assert np.corrcoef(j.rgb.ravel(), ref.ravel())[0, 1] > 0.9  # lossy, but this image
 
 
+def test_a_multi_page_file_is_never_saved_over(window, tmp_path: Path) -> None:
+    """A 3-page TIFF opens its first page with a warning; Save asks for a new name and the window
+    refuses to write that one page over the file that holds all three."""
+    from PIL import Image
+
+    pages = [Image.fromarray((make_photo(64, 48, seed=i)[..., :3] * 255).astype(np.uint8)) for i in range(3)]
+    src = tmp_path / "pages.tif"
+    pages[0].save(src, save_all=True, append_images=pages[1:])
+    before = src.read_bytes()
+    assert window.open_file(src)
+    assert window.message_bar.kind == "warning" and "holds 3 frames or pages" in window.message_bar.text
+    asked: list[Path] = []
+
+    def ask(title: str, suggested: Path) -> Path:
+        asked.append(suggested)
+        return src  # the user picks the original's name anyway
+
+    window.ask_save_path = ask  # type: ignore[method-assign]
+    window.select_all()
+    assert run_restore(window), window.message_bar.text
+    assert not window.save() and asked and asked[0] != src  # Save went to Save As, suggesting a new name
+    assert "would lose the others" in window.message_bar.text and src.read_bytes() == before
+    out = tmp_path / "restored.tif"
+    window.ask_save_path = lambda title, suggested: out  # type: ignore[method-assign]
+    assert window.save() and window.doc.path == out
+    assert getattr(Image.open(out), "n_frames", 1) == 1
+    assert window.save()  # the new file holds one image: Save writes it in place
+    assert src.read_bytes() == before
+
+
+def test_save_keeps_a_photos_exif(window, tmp_path: Path) -> None:
+    """Its camera and date survive Save (the orientation tag reset: the pixels were turned upright)."""
+    from PIL import Image
+
+    im = Image.fromarray((make_photo(64, 48)[..., :3] * 255).astype(np.uint8))
+    exif = im.getexif()
+    exif[0x010F] = "LoRA-IR test camera"
+    exif[0x0112] = 6
+    src = tmp_path / "photo.jpg"
+    im.save(src, quality=95, exif=exif.tobytes())
+    assert window.open_file(src)
+    window.select_all()
+    assert run_restore(window), window.message_bar.text
+    assert window.save()
+    back = Image.open(src).getexif()
+    assert back.get(0x010F) == "LoRA-IR test camera" and back.get(0x0112, 1) == 1
+
+
 def test_bad_files_keep_the_current_image_and_say_why(window, tmp_path: Path) -> None:
     assert window.open_file(write(tmp_path / f"good{EXT}"))
     good = window.doc

@@ -165,6 +165,19 @@ def test_grey_16bit_stays_16bit_grey_and_webp_gets_rgb_without_the_grey_profile(
     assert out.mode == "RGB" and "icc_profile" not in out.info  # WebP holds no grey; no mismatched profile
 
 
+def test_multi_page_input_restores_the_first_page_and_is_never_written_over(small_model_path, tmp_path,
+                                                                               capsys) -> None:
+    pages = [Image.fromarray(_rgb(seed=i)) for i in range(3)]
+    src = tmp_path / "pages.tif"
+    pages[0].save(src, save_all=True, append_images=pages[1:])
+    before = src.read_bytes()
+    rc, _, err = _run(["restore", str(src), "-o", str(tmp_path / "o.png"), "--model", str(small_model_path), "-q"],
+                      capsys)
+    assert rc == 0 and "pages.tif holds 3 frames or pages; only the first is restored" in err
+    err = _bad(["restore", str(src), "-o", str(src), "--force", "--model", str(small_model_path)], capsys)
+    assert "would lose the others" in err and src.read_bytes() == before
+
+
 def test_jpeg_icc_and_exif_orientation(small_model_path, tmp_path, capsys) -> None:
     icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     im = Image.fromarray(_rgb(30, 50))
