@@ -177,9 +177,10 @@ def write_image(
     """Write atomically (temp file + rename), so a failure never leaves a half-written file.
 
     `exif` (as read) is kept on 8-bit outputs with its orientation reset to 1: pixels are upright.
-    `grey` writes one channel, the mean of the three, where the format holds it (WebP and 16-bit PNG
-    with alpha do not: those get the grey value in all three). A profile whose colour space does not
-    match the channels written (a grey profile on RGB) is left out rather than written wrong."""
+    `grey` writes one channel, the mean of the three, where the format holds it (WebP does not, and
+    16-bit grey with alpha is not read back by Pillow: those get the grey value in all three). A
+    profile whose colour space does not match the channels written (a grey profile on RGB) is left
+    out rather than written wrong."""
     path = Path(path)
     fmt = WRITE_FORMATS.get(path.suffix.lower())
     if fmt is None:
@@ -190,7 +191,7 @@ def write_image(
     rgb = np.clip(rgb, 0, 1)
     if grey:
         rgb = rgb.mean(axis=2, keepdims=True)
-        if fmt == "WEBP" or (bit_depth == 16 and fmt == "PNG" and has_alpha):
+        if fmt == "WEBP" or (bit_depth == 16 and has_alpha):  # grey + alpha at 16 bits: not readable back
             rgb = np.repeat(rgb, 3, axis=2)
     chans = [rgb, np.clip(alpha, 0, 1)[..., None]] if has_alpha else [rgb]
     a = np.concatenate(chans, axis=2)
@@ -235,9 +236,8 @@ def _write_16bit(tmp: Path, fmt: str, a: np.ndarray, icc: bytes | None) -> None:
     u16 = (a * 65535.0 + 0.5).astype(np.uint16)
     colour = u16.shape[2] >= 3
     if fmt == "TIFF":
-        photometric = "rgb" if colour else "minisblack"
-        extra = {"extrasamples": ("unassalpha",)} if u16.shape[2] in (2, 4) else {}
-        tifffile.imwrite(tmp, u16 if u16.shape[2] > 1 else u16[..., 0], photometric=photometric,
+        extra = {"extrasamples": ("unassalpha",)} if u16.shape[2] == 4 else {}
+        tifffile.imwrite(tmp, u16 if colour else u16[..., 0], photometric="rgb" if colour else "minisblack",
                          compression="zlib", iccprofile=icc, **extra)
         return
     bgr = u16[..., [2, 1, 0, 3]] if u16.shape[2] == 4 else u16[..., ::-1] if colour else u16[..., 0]

@@ -157,6 +157,12 @@ def test_grey_16bit_stays_16bit_grey_and_webp_gets_rgb_without_the_grey_profile(
         back = cv2.imread(str(dst), cv2.IMREAD_UNCHANGED)
         assert back.dtype == np.uint16 and back.shape == (36, 44)
         assert len(np.unique(back)) > 1000  # real 16-bit values
+    rgb, alpha = np.random.default_rng(5).random((2, 10, 12, 3)).astype(np.float32)
+    for ext in (".png", ".tif"):  # 16-bit grey with alpha: written so that it reads back (as RGBA)
+        imageio.write_image(tmp_path / f"la16{ext}", rgb, alpha[..., 0], 16, grey=True)
+        back = imageio.read_image(tmp_path / f"la16{ext}")
+        assert back.bit_depth == 16 and np.abs(back.alpha - alpha[..., 0]).max() < 1e-4
+        assert np.abs(back.rgb - rgb.mean(axis=2, keepdims=True)).max() < 1e-4
     web = tmp_path / "g.webp"
     Image.fromarray(_grey()).save(tmp_path / "g8.png", icc_profile=_grey_icc())
     assert _run(["restore", str(tmp_path / "g8.png"), "-o", str(web), "--model", str(small_model_path), "-q"],
