@@ -15,7 +15,9 @@ numpy + Pillow + OpenCV only (no torch, no Qt): the CLI, the worker tools and th
 
 from __future__ import annotations
 
+import logging
 import struct
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +46,9 @@ class LoadedImage:
     grey: bool = False  # one colour channel in the file: written back grey
     frames: int = 1  # frames or pages in the file (animation, multi-page TIFF): only the first is read
 
+    def pixels(self) -> tuple[np.ndarray, np.ndarray | None, bool]:
+        return self.rgb, self.alpha, self.grey
+
     @property
     def size(self) -> tuple[int, int]:
         return self.rgb.shape[1], self.rgb.shape[0]
@@ -64,7 +69,8 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
     if not path.is_file():
         raise ImageError(f"{path} does not exist or is not a file")
     try:
-        with Image.open(path) as im:
+        # Pillow warns "Truncated File Read" on a damaged TIFF: our one error says so instead
+        with warnings.catch_warnings(action="ignore", category=UserWarning), Image.open(path) as im:
             w, h = im.size
             _check_pixels(w, h, path, max_pixels)
             fmt = im.format or ""
@@ -82,11 +88,69 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
                 return LoadedImage(rgb, alpha, 8, icc, exif, fmt, grey=grey, frames=frames)
     except ImageError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError as exc:
+        if _is_tiff(path):  # e.g. 16-bit grey with alpha, as GIMP writes it
+            return _read_tiff(path, max_pixels)
         raise ImageError(f"cannot read {path.name}: {exc}", "the file is damaged or not an image") from exc
-    rgb, alpha, grey = _read_16bit(path)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"cannot read {path.name}: {exc}", "the file is damaged or not an image") from exc
+    if fmt == "TIFF":
+        try:  # OpenCV misreads some 16-bit TIFFs (planar RGB comes back scrambled)
+            rgb, alpha, grey = _read_tiff(path, max_pixels).pixels()
+        except ImageError:  # a compression tifffile needs imagecodecs for (LZW): OpenCV reads those
+            rgb, alpha, grey = _read_16bit(path)
+    else:
+        rgb, alpha, grey = _read_16bit(path)
     rgb, alpha = _orient(rgb, orientation), None if alpha is None else _orient(alpha, orientation)
     return LoadedImage(rgb, alpha, 16, icc, exif, fmt, grey=grey, frames=frames)
+
+
+def _is_tiff(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def _read_tiff(path: Path, max_pixels: int) -> LoadedImage:
+    """A TIFF Pillow cannot open, through tifffile: 8- or 16-bit grey or RGB, with or without alpha,
+    channels interleaved or planar; its first page (EXIF orientation is not applied here)."""
+    quiet = logging.getLogger("tifffile")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # its warnings about a damaged file would print beside our one error
+    try:
+        with tifffile.TiffFile(path) as tf:
+            if len(tf.pages) == 0:
+                raise ImageError(f"cannot read {path.name}: the TIFF holds no image", "the file is damaged")
+            page = tf.pages[0]
+            frames, axes = len(tf.pages), page.axes
+            h, w = int(page.imagelength), int(page.imagewidth)
+            _check_pixels(w, h, path, max_pixels)
+            a = page.asarray()
+            icc_tag = page.tags.get(34675)  # InterColorProfile
+            icc = bytes(icc_tag.value) if icc_tag is not None else None
+    except ImageError:
+        raise
+    except Exception as exc:  # tifffile raises many kinds on a damaged file
+        hint = ("install imagecodecs (pip install imagecodecs), or save the TIFF uncompressed or with "
+                "deflate (zip) compression" if "imagecodecs" in str(exc) else "the file is damaged or not an image")
+        raise ImageError(f"cannot read {path.name}: {type(exc).__name__}: {exc}", hint) from exc
+    finally:
+        quiet.setLevel(level)
+    if axes == "SYX":
+        a = np.moveaxis(a, 0, -1)
+    elif axes == "YX":
+        a = a[..., None]
+    if axes not in ("YX", "YXS", "SYX") or a.dtype not in (np.uint8, np.uint16) or a.shape[2] > 4:
+        raise ImageError(f"cannot read {path.name}: a TIFF of {a.dtype} samples laid out as {axes}",
+                         "save it as an 8- or 16-bit RGB or grey TIFF, or as a PNG")
+    alpha = None
+    top = float(np.iinfo(a.dtype).max)
+    if a.shape[2] in (2, 4):
+        alpha = a[..., -1].astype(np.float32) / top
+        a = a[..., :-1]
+    grey = a.shape[2] == 1
+    rgb = np.repeat(a, 3, axis=2) if grey else a
+    return LoadedImage(np.ascontiguousarray(rgb.astype(np.float32) / top), alpha, 16 if top > 255 else 8, icc,
+                       None, "TIFF", grey=grey, frames=frames)
 
 
 def _is_16bit(path: Path, im: Image.Image) -> bool:

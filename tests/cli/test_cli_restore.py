@@ -171,6 +171,34 @@ def test_grey_16bit_stays_16bit_grey_and_webp_gets_rgb_without_the_grey_profile(
     assert out.mode == "RGB" and "icc_profile" not in out.info  # WebP holds no grey; no mismatched profile
 
 
+@pytest.mark.filterwarnings("error::UserWarning")  # a damaged file gets one error, no warning beside it
+def test_tiffs_pillow_cannot_open_are_read_through_tifffile(small_model_path, tmp_path, capsys) -> None:
+    """16-bit grey with alpha (as GIMP writes it) and planar RGB: Pillow cannot identify the first."""
+    import tifffile
+
+    la = (np.random.default_rng(6).random((30, 40, 2)) * 65535).astype(np.uint16)
+    src, dst = tmp_path / "la.tif", tmp_path / "la_out.tif"
+    tifffile.imwrite(src, la, photometric="minisblack", extrasamples=("unassalpha",))
+    img = imageio.read_image(src)
+    assert img.bit_depth == 16 and img.grey and np.array_equal(np.round(img.alpha * 65535), la[..., 1])
+    assert _run(["restore", str(src), "-o", str(dst), "--model", str(small_model_path), "-q"], capsys)[0] == 0
+    back = imageio.read_image(dst)
+    assert back.bit_depth == 16 and np.array_equal(np.round(back.alpha * 65535), la[..., 1])
+    planar = (np.random.default_rng(7).random((3, 30, 40)) * 65535).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "planar.tif", planar, photometric="rgb", planarconfig="separate")
+    img = imageio.read_image(tmp_path / "planar.tif")
+    assert np.array_equal(np.round(img.rgb * 65535), np.moveaxis(planar, 0, -1))
+    tifffile.imwrite(tmp_path / "f.tif", np.zeros((8, 8, 2), np.float32), photometric="minisblack",
+                     extrasamples=("unassalpha",))
+    err = _bad(["restore", str(tmp_path / "f.tif"), "-o", str(tmp_path / "f.png"), "--model", str(small_model_path)],
+               capsys)
+    assert "float32 samples" in err and "16-bit" in err
+    (tmp_path / "cut.tif").write_bytes(src.read_bytes()[:200])
+    err = _bad(["restore", str(tmp_path / "cut.tif"), "-o", str(tmp_path / "c.png"), "--model", str(small_model_path)],
+               capsys)
+    assert "cut.tif" in err
+
+
 def test_multi_page_input_restores_the_first_page_and_is_never_written_over(small_model_path, tmp_path,
                                                                                capsys) -> None:
     pages = [Image.fromarray(_rgb(seed=i)) for i in range(3)]
