@@ -13,7 +13,8 @@ with 400 ``protocol_mismatch``. Bodies need a ``Content-Length`` (no chunked upl
 
 Pixel layout
 ------------
-``order``: "RGBA" | "BGRA" | "RGB" (channels interleaved per pixel). ``sample``: "u8" | "u16" | "f32"
+``order``: "RGBA" | "BGRA" | "RGB" | "GRAYA" | "GRAY" (channels interleaved per pixel; grey is
+restored as RGB and returned grey, the mean of the three). ``sample``: "u8" | "u16" | "f32"
 (native little-endian; u8/u16 span 0..max, f32 spans 0.0..1.0 and must be finite). Rows are
 top to bottom, no padding: ``len(pixels) == width * height * channels * bytes_per_sample``.
 An optional soft mask is ``width * height`` bytes, 8-bit, 255 = fully selected.
@@ -96,7 +97,8 @@ JOB_CONTENT_TYPE = "application/x-lorair-job"
 RESULT_CONTENT_TYPE = "application/x-lorair-result"
 SERVICE = "lorair-worker"
 
-ORDERS: dict[str, int] = {"RGBA": 4, "BGRA": 4, "RGB": 3}  # order -> channels
+ORDERS: dict[str, int] = {"RGBA": 4, "BGRA": 4, "RGB": 3, "GRAYA": 2, "GRAY": 1}  # order -> channels
+ALPHA_ORDERS = frozenset({"RGBA", "BGRA", "GRAYA"})  # the last channel is alpha, passed through
 SAMPLES: dict[str, int] = {"u8": 1, "u16": 2, "f32": 4}  # sample -> bytes per sample
 STATES = ("queued", "running", "done", "failed", "cancelled")
 FINAL_STATES = frozenset({"done", "failed", "cancelled"})

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..bridge import JobRequest, WorkerClient
+from ..bridge import ORDERS, JobRequest, WorkerClient
 from ..bridge.runtime import read_runtime, runtime_file
 from ..core import DEFAULT_MODEL, LoraIRError, Restorer, load_model, save_checkpoint
 from ..core.config import load_config
@@ -100,7 +100,7 @@ def bench_roundtrip(
 ) -> dict[str, Any]:
     """Time `repeats` restores of a `megapixels` image both ways (after a full-size warm-up each)."""
     side = max(16, round(math.sqrt(megapixels * 1e6)))
-    channels = 3 if order == "RGB" else 4
+    channels = ORDERS[order]
     rng = np.random.default_rng(0)
     if sample == "f32":
         host = rng.random((side, side, channels), dtype=np.float32)
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--megapixels", type=float, default=4.0)
     ap.add_argument("--model", default=None, help="preset or .safetensors (default: the default preset)")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--order", default="RGBA", choices=("RGBA", "BGRA", "RGB"))
+    ap.add_argument("--order", default="RGBA", choices=tuple(ORDERS))
     ap.add_argument("--sample", default="u8", choices=("u8", "u16", "f32"))
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--tile", type=int, default=None)

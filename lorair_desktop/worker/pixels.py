@@ -10,14 +10,16 @@ from typing import Any
 
 import numpy as np
 
-from ..bridge.protocol import E_BAD_PIXELS, ORDERS, BridgeError, JobHeader
+from ..bridge.protocol import ALPHA_ORDERS, E_BAD_PIXELS, ORDERS, BridgeError, JobHeader
 
 DTYPES: dict[str, np.dtype[Any]] = {"u8": np.dtype("u1"), "u16": np.dtype("<u2"), "f32": np.dtype("<f4")}
 MAXVAL = {"u8": 255.0, "u16": 65535.0, "f32": 1.0}
 
 
 def _rgb_view(arr: np.ndarray, order: str) -> np.ndarray:
-    """The colour channels as R, G, B (a view: BGRA is read backwards, no copy)."""
+    """The colour channels as R, G, B (a view: BGRA is read backwards, no copy); grey as one."""
+    if order.startswith("GRAY"):
+        return arr[..., :1]
     return arr[..., 2::-1] if order == "BGRA" else arr[..., :3]
 
 
@@ -42,8 +44,10 @@ def check_finite(data: memoryview | bytes | bytearray, header: JobHeader) -> Non
 
 
 def to_float_rgb(arr: np.ndarray, order: str, sample: str) -> np.ndarray:
-    """(H, W, 3) float32: u8/u16 scaled to [0, 1]; f32 copied unchanged."""
+    """(H, W, 3) float32: u8/u16 scaled to [0, 1]; f32 copied unchanged; grey repeated in all three."""
     rgb = _rgb_view(arr, order).astype(np.float32)
+    if rgb.shape[2] == 1:
+        rgb = np.repeat(rgb, 3, axis=2)
     if sample != "f32":
         rgb /= np.float32(MAXVAL[sample])
     return rgb
@@ -57,7 +61,8 @@ def from_float_rgb(
     mask: np.ndarray | None = None,
     source_rgb: np.ndarray | None = None,
 ) -> bytes:
-    """Restored (H, W, 3) float -> bytes in the source's layout, alpha copied from the source.
+    """Restored (H, W, 3) float -> bytes in the source's layout (grey: the mean of the three),
+    alpha copied from the source.
 
     With a mask (H, W) uint8, colour = in + m/255 * (restored - in), computed in float on the
     source's own values so m = 0 returns the input exactly.
@@ -68,9 +73,14 @@ def from_float_rgb(
         m = mask.astype(np.float32)[..., None] / np.float32(255.0)
         rgb = base + m * (restored - base)
     out = np.empty_like(source)
-    if source.shape[2] == 4:
-        out[..., 3] = source[..., 3]
+    if order in ALPHA_ORDERS:
+        out[..., -1] = source[..., -1]
     dst = _rgb_view(out, order)
+    if dst.shape[2] == 1:
+        # a grey layer gets the restored colours' mean, written so that three equal values give
+        # that value exactly (a float layer's untouched pixels come back bit for bit)
+        g = rgb[..., 1:2]
+        rgb = g + ((rgb[..., 0:1] - g) + (rgb[..., 2:3] - g)) / np.float32(3.0)
     if sample == "f32":
         dst[...] = rgb
     else:

@@ -185,10 +185,30 @@ def sc_empty_selection():
 
 
 def sc_unsupported():
-    gray = new_doc("gray", "GRAYA", "U8")
-    before = layer_names(gray)
-    out = yield from trigger_and_wait(gray, timeout=20)
-    out.update({"layers_before": before, "layers": layer_names(gray)})
+    lab = new_doc("lab", "LABA", "U16")
+    before = layer_names(lab)
+    out = yield from trigger_and_wait(lab, timeout=20)
+    out.update({"layers_before": before, "layers": layer_names(lab)})
+    return out
+
+
+def sc_grey(depth):
+    """A Grayscale/Alpha image (an old black-and-white photo), restored whole (no selection)."""
+    doc = new_doc("grey-" + depth, "GRAYA", "U8")
+    bg = doc.rootNode().childNodes()[0]
+    bgra = test_pixels(3)
+    bg.setPixelData(bytes(b for i in range(0, len(bgra), 4) for b in (bgra[i + 1], bgra[i + 3])), 0, 0, W, H)
+    if depth != "U8":
+        doc.setColorSpace("GRAYA", depth, bg.colorProfile())
+        doc.waitForDone()
+    yield from activate(doc, bg)
+    out = {"input": b64(bg.pixelData(0, 0, W, H)), "depth": [bg.colorModel(), bg.colorDepth()]}
+    before = len(doc.rootNode().childNodes())
+    out.update((yield from trigger_and_wait(doc)))
+    new = [n for n in doc.rootNode().childNodes()[before - 1:] if n.name().startswith("LoRA-IR")]
+    out["new_layer"] = b64(new[0].pixelData(0, 0, W, H)) if new else None
+    out["new_depth"] = [new[0].colorModel(), new[0].colorDepth()] if new else None
+    out["original_after"] = b64(bg.pixelData(0, 0, W, H))
     return out
 
 
@@ -210,6 +230,7 @@ def scenarios():
     plan = [("no_document", sc_no_document), ("restore", sc_restore), ("docker", sc_docker),
             ("depth_U16", lambda: sc_depth("U16")), ("depth_F16", lambda: sc_depth("F16")),
             ("depth_F32", lambda: sc_depth("F32")),
+            ("grey_U8", lambda: sc_grey("U8")), ("grey_U16", lambda: sc_grey("U16")),
             ("empty_selection", sc_empty_selection), ("unsupported", sc_unsupported),
             ("autostart", sc_autostart), ("worker_missing", sc_worker_missing)]  # these two change the env
     for name, fn in plan:

@@ -181,16 +181,18 @@ def test_half_float_layers_travel_as_f32_and_come_back_as_half(krita_plugin: Any
     assert struct.unpack("=24e", pixels) == pytest.approx(expected, rel=1e-3, abs=1e-3)
 
 
-@pytest.mark.parametrize("depth, layout", [("U8", ("BGRA", "u8")), ("U16", ("BGRA", "u16")),
-                                           ("F32", ("RGBA", "f32"))])
-def test_wire_layouts(krita_plugin: Any, depth: str, layout: tuple[str, str]) -> None:
-    assert krita_plugin.wire_layout("RGBA", depth) == layout
+@pytest.mark.parametrize("model, depth, layout", [
+    ("RGBA", "U8", ("BGRA", "u8")), ("RGBA", "U16", ("BGRA", "u16")), ("RGBA", "F32", ("RGBA", "f32")),
+    ("GRAYA", "U8", ("GRAYA", "u8")), ("GRAYA", "U16", ("GRAYA", "u16")), ("GRAYA", "F16", ("GRAYA", "f32")),
+])
+def test_wire_layouts(krita_plugin: Any, model: str, depth: str, layout: tuple[str, str]) -> None:
+    assert krita_plugin.wire_layout(model, depth) == layout
 
 
 @pytest.mark.parametrize("kw, words", [
     ({"open_doc": False}, "No image is open"),
     ({"color_model": "CMYKA"}, "colour model is CMYKA"),
-    ({"color_model": "GRAYA"}, "colour model is GRAYA"),
+    ({"color_model": "LABA"}, "colour model is LABA"),
     ({"selection": (5, 5, 0, 0)}, "selection does not cover"),
     ({"selection": (100, 100, 4, 4)}, "selection does not cover"),
 ])

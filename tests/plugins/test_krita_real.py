@@ -167,7 +167,7 @@ def test_the_plugin_starts_the_worker_with_the_recorded_command(krita_run: dict[
 
 @pytest.mark.parametrize("case, words", [
     ("empty_selection", "selection does not cover"),
-    ("unsupported", "colour model is GRAYA"),
+    ("unsupported", "colour model is LABA"),
     ("worker_missing", "Cannot start the worker"),
 ])
 def test_bad_input_shows_a_message_and_leaves_no_layer(krita_run: dict[str, Any], case: str, words: str) -> None:
@@ -215,4 +215,17 @@ def test_deep_layers_keep_their_depth_and_channel_order(krita_run: dict[str, Any
     if depth == "F16":
         answer = np.clip(np.frombuffer(answer, "<f4"), -65504, 65504).astype("<f2").tobytes()
     assert base64.b64decode(res["new_layer"]) == answer and len(answer) == inp.nbytes
+    assert res["original_after"] == res["input"]
+
+
+@pytest.mark.parametrize("depth, sample", [("U8", "u8"), ("U16", "u16")])
+def test_grayscale_layers_are_restored_grey(krita_run: dict[str, Any], plugin_worker: RunningWorker,
+                                            depth: str, sample: str) -> None:
+    """A Grayscale/Alpha image: restored through the worker (as RGB, returned grey) into a new
+    layer of the same colour space, holding exactly the worker's answer; the original untouched."""
+    res = scenario(krita_run, "grey_" + depth)
+    assert res["errors"] == [] and res["depth"] == res["new_depth"] == ["GRAYA", depth]
+    inp = base64.b64decode(res["input"])
+    answer = plugin_worker.client().restore(JobRequest(inp, W, H, "GRAYA", sample)).pixels
+    assert base64.b64decode(res["new_layer"]) == answer and answer != inp
     assert res["original_after"] == res["input"]

@@ -5,15 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lorair_desktop.bridge import BridgeError, JobHeader
+from lorair_desktop.bridge import ORDERS, BridgeError, JobHeader
+from lorair_desktop.bridge.protocol import ALPHA_ORDERS
 from lorair_desktop.worker import pixels
 
-LAYOUTS = [(o, s) for o in ("RGBA", "BGRA", "RGB") for s in ("u8", "u16", "f32")]
+LAYOUTS = [(o, s) for o in ORDERS for s in ("u8", "u16", "f32")]
+COLOURS = {"RGBA": [0, 1, 2], "BGRA": [2, 1, 0], "RGB": [0, 1, 2], "GRAYA": [0], "GRAY": [0]}  # R, G, B or grey
 
 
 def make(order: str, sample: str, h: int = 5, w: int = 7, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    c = 3 if order == "RGB" else 4
+    c = ORDERS[order]
     if sample == "f32":
         return rng.random((h, w, c), dtype=np.float32)
     top = 255 if sample == "u8" else 65535
@@ -47,13 +49,22 @@ def test_mask_blend(order: str, sample: str) -> None:
     assert np.array_equal(out[keep], src[keep])  # unselected pixels: bit-exact input, alpha included
     top = 1.0 if sample == "f32" else np.iinfo(src.dtype).max
     full = mask == 255
-    np.testing.assert_allclose(out[full][:, :3].astype(np.float64) / top, 0.5, atol=0.5 / top + 1e-6)
-    if src.shape[2] == 4:
-        assert np.array_equal(out[..., 3], src[..., 3])
+    ch = COLOURS[order]
+    np.testing.assert_allclose(out[full][:, ch].astype(np.float64) / top, 0.5, atol=0.5 / top + 1e-6)
+    if order in ALPHA_ORDERS:
+        assert np.array_equal(out[..., -1], src[..., -1])
     i = (0, 2)
-    ch = [2, 1, 0] if order == "BGRA" else [0, 1, 2]
     inp = src[i][ch].astype(np.float64) / top
     np.testing.assert_allclose(out[i][ch] / top, inp + 128 / 255 * (0.5 - inp), atol=1 / top + 1e-6)
+
+
+def test_grey_is_restored_as_rgb_and_returned_as_the_mean() -> None:
+    src = np.array([[[100, 7]]], np.uint8)  # grey, alpha
+    rgb = pixels.to_float_rgb(src, "GRAYA", "u8")
+    np.testing.assert_allclose(rgb[0, 0], [100 / 255] * 3, rtol=1e-6)
+    restored = np.array([[[0.2, 0.5, 0.8]]], np.float32)
+    out = np.frombuffer(pixels.from_float_rgb(restored, src, "GRAYA", "u8"), np.uint8)
+    assert out.tolist() == [round(0.5 * 255), 7]  # the mean of the three; alpha untouched
 
 
 def test_nan_and_inf_rejected() -> None:

@@ -37,14 +37,16 @@ _LAYOUTS = {"U8": ("BGRA", "u8"), "U16": ("BGRA", "u16"), "F16": ("RGBA", "f32")
 
 
 def wire_layout(color_model: str, depth: str) -> tuple[str, str]:
-    """(order, sample) the worker receives for a Krita layer; other colour models are refused."""
-    if color_model != "RGBA":
-        raise PluginError(f"LoRA-IR restores RGB images; this layer's colour model is {color_model}.",
+    """(order, sample) the worker receives for a Krita layer: RGB/Alpha, or Grayscale/Alpha (grey then
+    alpha at every depth; the worker restores it as RGB and returns grey). Other models are refused."""
+    if color_model not in ("RGBA", "GRAYA"):
+        raise PluginError(f"LoRA-IR restores RGB and grayscale images; this layer's colour model is {color_model}.",
                           "Convert the image (Image > Convert Image Color Space) or the layer to RGB/Alpha.")
     if depth not in _LAYOUTS:
         raise PluginError(f"LoRA-IR cannot read {depth} layers.",
-                          "Convert the layer to 8-bit, 16-bit or 32-bit float RGB/Alpha.")
-    return _LAYOUTS[depth]
+                          "Convert the layer to 8-bit, 16-bit or 32-bit float RGB/Alpha or Grayscale/Alpha.")
+    order, sample = _LAYOUTS[depth]
+    return ("GRAYA" if color_model == "GRAYA" else order), sample
 
 
 def _swap_if_big_endian(raw: bytes, code: str) -> bytes:
