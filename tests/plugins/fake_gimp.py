@@ -67,7 +67,8 @@ class Layer:
                  fmt: str = "R'G'B'A u8", bpp: int = 4, rgb: bool = True, group: bool = False) -> None:
         self.image, self.name, self.w, self.h, self.kind = image, name, w, h, kind
         self.x = self.y = 0
-        self.rgb, self.group, self.alpha = rgb, group, fmt.startswith("R'G'B'A")
+        self.gray = fmt.startswith("Y'")
+        self.rgb, self.group, self.alpha = rgb and not self.gray, group, fmt.split()[0].endswith("A")
         self.buffer = Buffer(self, w, h, fmt, bpp, fill)
         if Layer.fail_next_set:
             self.buffer.fail_on_set, Layer.fail_next_set = True, False
@@ -86,6 +87,9 @@ class Layer:
 
     def is_rgb(self) -> bool:
         return self.rgb
+
+    def is_gray(self) -> bool:
+        return self.gray
 
     def has_alpha(self) -> bool:
         return self.alpha
@@ -210,7 +214,7 @@ def make_modules(progress: list[Any]) -> dict[str, types.ModuleType]:
         PlugIn=type("PlugIn", (), {}),
         main=lambda *a: None,
         Layer=Layer,
-        ImageType=types.SimpleNamespace(RGBA_IMAGE="RGBA", RGB_IMAGE="RGB"),
+        ImageType=types.SimpleNamespace(RGBA_IMAGE="RGBA", RGB_IMAGE="RGB", GRAYA_IMAGE="GRAYA", GRAY_IMAGE="GRAY"),
         LayerMode=types.SimpleNamespace(NORMAL="normal"),
         Selection=types.SimpleNamespace(is_empty=lambda image: image.selection is None),
         PDBStatusType=PDBStatusType,

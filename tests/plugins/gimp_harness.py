@@ -24,6 +24,7 @@ SELECT = (40, 30, 44, 32)
 FEATHER = 12.0
 OUT = os.environ.get("LORAIR_HARNESS_OUT", "/root/lorair-harness.json")
 RGBA8 = "R'G'B'A u8"
+GREYA8 = "Y'A u8"
 
 
 def b64(data):
@@ -47,13 +48,13 @@ def read(drawable, fmt=RGBA8):
                          Gegl.AbyssPolicy.NONE))
 
 
-def new_image(kind=Gimp.ImageBaseType.RGB, layer_type=Gimp.ImageType.RGBA_IMAGE, pixels=None):
+def new_image(kind=Gimp.ImageBaseType.RGB, layer_type=Gimp.ImageType.RGBA_IMAGE, pixels=None, fmt=RGBA8):
     img = Gimp.Image.new(W, H, kind)
     layer = Gimp.Layer.new(img, "Background", W, H, layer_type, 100.0, Gimp.LayerMode.NORMAL)
     img.insert_layer(layer, None, 0)
     if pixels is not None:
         buf = layer.get_buffer()
-        buf.set(Gegl.Rectangle.new(0, 0, W, H), RGBA8, pixels)
+        buf.set(Gegl.Rectangle.new(0, 0, W, H), fmt, pixels)
         buf.flush()
     return img, layer
 
@@ -83,19 +84,26 @@ def run_plugin(img, drawable, experts="auto", margin=8, passes=1):
     return {"status": status.value_nick, "error": error}
 
 
-def restore_scenario(experts, passes=1):
-    img, layer = new_image(pixels=test_pixels(1))
+def restore_scenario(experts, passes=1, grey=False):
+    if grey:  # a grayscale image (a black-and-white scan): grey and alpha of the same test picture
+        px = test_pixels(5)
+        img, layer = new_image(Gimp.ImageBaseType.GRAY, Gimp.ImageType.GRAYA_IMAGE,
+                               bytes(b for i in range(0, len(px), 4) for b in (px[i + 1], px[i + 3])), GREYA8)
+    else:
+        img, layer = new_image(pixels=test_pixels(1))
+    fmt = GREYA8 if grey else RGBA8
     img.select_rectangle(Gimp.ChannelOps.REPLACE, *SELECT)
     Gimp.Selection.feather(img, FEATHER)
-    original = read(layer)
+    original = read(layer, fmt)
     mask = read(img.get_selection(), "Y u8")
     _ok, _empty, x1, y1, x2, y2 = Gimp.Selection.bounds(img)
     out = run_plugin(img, layer, experts, passes=passes)
     new = [ly for ly in img.get_layers() if ly.get_name().startswith("LoRA-IR")]
     out.update({
         "input": b64(original), "mask": b64(mask), "selection": [x1, y1, x2 - x1, y2 - y1],
-        "layers": layers(img), "original_after": b64(read(layer)),
-        "new_layer": b64(read(new[0])) if new else None,
+        "layers": layers(img), "original_after": b64(read(layer, fmt)),
+        "new_layer": b64(read(new[0], fmt)) if new else None,
+        "new_is_gray": new[0].is_gray() if new else None,
         "undo_enabled": img.undo_is_enabled(),
     })
     img.delete()
@@ -111,6 +119,8 @@ def scenarios():
         results["manual"] = restore_scenario("noise=0.8,jpeg=0.3")
     if "passes" in wanted:
         results["passes"] = restore_scenario("noise=0.8,jpeg=0.3", passes=4)
+    if "grey" in wanted:
+        results["grey"] = restore_scenario("auto", grey=True)
     if "bad_experts" in wanted:
         img, layer = new_image(pixels=test_pixels(2))
         out = run_plugin(img, layer, "noise=lots")
@@ -118,7 +128,7 @@ def scenarios():
         img.delete()
         results["bad_experts"] = out
     if "unsupported" in wanted:
-        img, layer = new_image(Gimp.ImageBaseType.GRAY, Gimp.ImageType.GRAYA_IMAGE)
+        img, layer = new_image(Gimp.ImageBaseType.INDEXED, Gimp.ImageType.INDEXEDA_IMAGE)
         out = run_plugin(img, layer)
         out["layers"] = layers(img)
         img.delete()

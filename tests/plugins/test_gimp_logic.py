@@ -52,6 +52,9 @@ class FakeClient:
 def test_pixel_format(gimp_logic: Any, bits: int, is_float: bool, alpha: bool, expected: tuple) -> None:
     fmt = gimp_logic.pixel_format(bits, is_float, alpha)
     assert (fmt.order, fmt.sample, fmt.babl) == expected
+    grey = gimp_logic.pixel_format(bits, is_float, alpha, grey=True)  # a grayscale image: Y', the same sample
+    assert (grey.order, grey.sample, grey.babl) == (expected[0].replace("RGB", "GRAY"), expected[1],
+                                                    expected[2].replace("R'G'B'", "Y'"))
 
 
 def test_error_text_names_the_gimp_way_to_drop_the_selection(gimp_logic: Any) -> None:
@@ -170,7 +173,7 @@ def test_a_failure_while_writing_removes_the_layer_inside_the_group(gimp_host: A
     ("none", "No image is open"),
     ("two", "one layer at a time"),
     ("group", "pixel layers"),
-    ("gray", "restores RGB images"),
+    ("indexed", "not indexed ones"),
     ("miss", "does not cover"),
 ])
 def test_bad_input_is_an_error_before_anything_is_sent(gimp_host: Any, gimp_logic: Any,
@@ -183,8 +186,8 @@ def test_bad_input_is_an_error_before_anything_is_sent(gimp_host: Any, gimp_logi
         drawables = [layer, image.add(fg.Layer(image, "b", 4, 4))]
     elif setup == "group":
         layer.group = True
-    elif setup == "gray":
-        layer.rgb = False
+    elif setup == "indexed":
+        layer.rgb = layer.gray = False
     elif setup == "miss":
         image.select(40, 30, 5, 5)  # outside the layer at (5, 3)-(35, 23)
     status, error = host.LoraIRPlugIn().run(fg.Procedure(), fg.RunMode.NONINTERACTIVE,
@@ -192,6 +195,22 @@ def test_bad_input_is_an_error_before_anything_is_sent(gimp_host: Any, gimp_logi
                                             fg.Config(experts="auto", margin=4, passes=1), None)
     assert status is fg.PDBStatusType.EXECUTION_ERROR and words in error
     assert client.requests == [] and image.calls == []
+
+
+def test_a_grayscale_layer_travels_as_grey_and_comes_back_as_a_grey_layer(
+        gimp_host: Any, gimp_logic: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    host, _ = gimp_host
+    client = use_client(monkeypatch, gimp_logic, FakeClient())
+    image = fg.Image(50, 40, new_layer_format=("Y'A u8", 2))
+    layer = image.add(fg.Layer(image, "scan", 30, 20, kind="GRAYA", fmt="Y'A u8", bpp=2,
+                               fill=bytes(i % 256 for i in range(30 * 20 * 2))))
+    status, error = host.LoraIRPlugIn().run(fg.Procedure(), fg.RunMode.NONINTERACTIVE, image, [layer],
+                                            fg.Config(experts="auto", margin=4, passes=1), None)
+    assert (status, error) == (fg.PDBStatusType.SUCCESS, "")
+    (req,) = client.requests
+    assert (req.order, req.sample, len(req.pixels)) == ("GRAYA", "u8", 30 * 20 * 2)
+    new = image.layers[0]
+    assert new.kind == "GRAYA" and bytes(new.buffer.data) == bytes(255 - b for b in bytes(layer.buffer.data))
 
 
 def test_the_procedure_succeeds_non_interactively(gimp_host: Any, gimp_logic: Any,

@@ -72,7 +72,7 @@ def gimp_root(plugin_worker: RunningWorker) -> Path:
 
 @pytest.fixture(scope="module")
 def gimp_run(gimp_root: Path) -> dict[str, Any]:
-    return run_gimp(gimp_root, "auto,manual,passes,bad_experts,unsupported,empty_selection",
+    return run_gimp(gimp_root, "auto,manual,passes,grey,bad_experts,unsupported,empty_selection",
                     {"LORAIR_RUNTIME_DIR": "/root/lorair-test/runtime"}, "main")
 
 
@@ -126,9 +126,26 @@ def test_restore_adds_a_layer_blended_by_the_feathered_selection(gimp_run: dict[
     assert res["undo_enabled"] is True
 
 
+def test_a_grayscale_image_is_restored_onto_a_grey_layer(gimp_run: dict[str, Any],
+                                                         plugin_worker: RunningWorker) -> None:
+    """A black-and-white scan: sent as grey, restored as RGB by the worker, back as a grey layer
+    holding exactly the worker's answer for the same pixels and feathered selection."""
+    res = gimp_run["grey"]
+    assert res["status"] == "success", res["error"]
+    original, mask = _arr(res["input"], W, H, 2), _arr(res["mask"], W, H, 1)
+    x, y, w, h = region(tuple(res["selection"]), MARGIN, W, H)
+    assert res["new_is_gray"] is True
+    crop = np.ascontiguousarray(original[y:y + h, x:x + w])
+    crop_mask = np.ascontiguousarray(mask[y:y + h, x:x + w])
+    expected = plugin_worker.restore(crop.tobytes(), w, h, "GRAYA", crop_mask.tobytes())
+    new = _arr(res["new_layer"], w, h, 2)
+    np.testing.assert_array_equal(new, np.frombuffer(expected, np.uint8).reshape(h, w, 2))
+    assert (new != crop).any() and res["original_after"] == res["input"]
+
+
 @pytest.mark.parametrize("case, words", [
     ("bad_experts", "Cannot read the expert weight"),
-    ("unsupported", "restores RGB images"),
+    ("unsupported", "not indexed ones"),
     ("empty_selection", "selection does not cover"),
 ])
 def test_bad_input_is_a_gimp_error_and_leaves_no_layer(gimp_run: dict[str, Any], case: str, words: str) -> None:

@@ -30,8 +30,9 @@ def _read(image: Any, drawable: Any, margin: int) -> tuple[Rect, Rect, PixelForm
     """(region in drawable coords, region in image coords, format, pixels, mask) of the selection."""
     if not drawable.is_layer() or drawable.is_group_layer():
         raise PluginError("LoRA-IR restores pixel layers.", "Select a single layer (not a group, mask or channel).")
-    if not drawable.is_rgb():
-        raise PluginError("LoRA-IR restores RGB images.", "Convert the image with Image > Mode > RGB.")
+    if not (drawable.is_rgb() or drawable.is_gray()):
+        raise PluginError("LoRA-IR restores RGB and grayscale images, not indexed ones.",
+                          "Convert the image with Image > Mode > RGB or Grayscale.")
     bounds = Rect(0, 0, drawable.get_width(), drawable.get_height())
     has_selection = not Gimp.Selection.is_empty(image)
     selected = None
@@ -41,7 +42,7 @@ def _read(image: Any, drawable: Any, margin: int) -> tuple[Rect, Rect, PixelForm
     rect = PLUGIN.restore_region(bounds, selected, margin)
     _ok, ox, oy = drawable.get_offsets()
     image_rect = Rect(rect.x + ox, rect.y + oy, rect.w, rect.h)
-    fmt = logic.pixel_format(*_precision(image), drawable.has_alpha())
+    fmt = logic.pixel_format(*_precision(image), drawable.has_alpha(), grey=drawable.is_gray())
     pixels = drawable.get_buffer().get(Gegl.Rectangle.new(rect.x, rect.y, rect.w, rect.h), 1.0, fmt.babl,
                                        Gegl.AbyssPolicy.NONE)
     mask = None
@@ -53,7 +54,8 @@ def _read(image: Any, drawable: Any, margin: int) -> tuple[Rect, Rect, PixelForm
 
 def _add_layer(image: Any, drawable: Any, image_rect: Rect, fmt: PixelFormat, pixels: bytes, name: str) -> Any:
     """The result as a new layer right above the source, as one undo step; nothing left on failure."""
-    kind = Gimp.ImageType.RGBA_IMAGE if fmt.order == "RGBA" else Gimp.ImageType.RGB_IMAGE
+    kind = {"RGBA": Gimp.ImageType.RGBA_IMAGE, "RGB": Gimp.ImageType.RGB_IMAGE,
+            "GRAYA": Gimp.ImageType.GRAYA_IMAGE, "GRAY": Gimp.ImageType.GRAY_IMAGE}[fmt.order]
     image.undo_group_start()
     layer = None
     try:

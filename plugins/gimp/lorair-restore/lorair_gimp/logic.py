@@ -25,16 +25,17 @@ __all__ = ["PLUGIN", "PROCEDURE", "JobRequest", "PixelFormat", "PluginError", "R
 
 @dataclass(frozen=True)
 class PixelFormat:
-    order: str  # wire order: RGBA | RGB
+    order: str  # wire order: RGBA | RGB | GRAYA | GRAY
     sample: str  # wire sample: u8 | u16 | f32
     babl: str  # what GEGL reads and writes: perceptual (gamma) R'G'B' like the model expects
 
 
-def pixel_format(bits: int, is_float: bool, has_alpha: bool) -> PixelFormat:
+def pixel_format(bits: int, is_float: bool, has_alpha: bool, grey: bool = False) -> PixelFormat:
     """The wire layout for an image precision: 8/16-bit integers as they are, everything else as float.
 
     GEGL converts linear-light or half/double buffers to and from this exactly where it can; the
-    model works on perceptual sRGB values, hence R'G'B'.
+    model works on perceptual sRGB values, hence R'G'B' (Y' for a grayscale image, which the worker
+    restores as RGB and returns grey).
     """
     if not is_float and bits == 8:
         sample, babl = "u8", "u8"
@@ -42,8 +43,10 @@ def pixel_format(bits: int, is_float: bool, has_alpha: bool) -> PixelFormat:
         sample, babl = "u16", "u16"
     else:
         sample, babl = "f32", "float"
-    channels = "R'G'B'A" if has_alpha else "R'G'B'"
-    return PixelFormat("RGBA" if has_alpha else "RGB", sample, f"{channels} {babl}")
+    colour, order = ("Y'", "GRAY") if grey else ("R'G'B'", "RGB")
+    if has_alpha:
+        colour, order = colour + "A", order + "A"
+    return PixelFormat(order, sample, f"{colour} {babl}")
 
 
 def connect(autostart: bool = True) -> Any:
