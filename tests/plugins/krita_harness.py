@@ -192,6 +192,18 @@ def sc_unsupported():
     return out
 
 
+def restore_whole(doc, bg, out):
+    """Trigger on the whole canvas; `out` gains the new layer's pixels and colour space, and the
+    source layer's pixels afterwards."""
+    before = len(doc.rootNode().childNodes())
+    out.update((yield from trigger_and_wait(doc)))
+    new = [n for n in doc.rootNode().childNodes()[before - 1:] if n.name().startswith("LoRA-IR")]
+    out["new_layer"] = b64(new[0].pixelData(0, 0, W, H)) if new else None
+    out["new_depth"] = [new[0].colorModel(), new[0].colorDepth()] if new else None
+    out["original_after"] = b64(bg.pixelData(0, 0, W, H))
+    return out
+
+
 def sc_grey(depth):
     """A Grayscale/Alpha image (an old black-and-white photo), restored whole (no selection)."""
     doc = new_doc("grey-" + depth, "GRAYA", "U8")
@@ -203,13 +215,7 @@ def sc_grey(depth):
         doc.waitForDone()
     yield from activate(doc, bg)
     out = {"input": b64(bg.pixelData(0, 0, W, H)), "depth": [bg.colorModel(), bg.colorDepth()]}
-    before = len(doc.rootNode().childNodes())
-    out.update((yield from trigger_and_wait(doc)))
-    new = [n for n in doc.rootNode().childNodes()[before - 1:] if n.name().startswith("LoRA-IR")]
-    out["new_layer"] = b64(new[0].pixelData(0, 0, W, H)) if new else None
-    out["new_depth"] = [new[0].colorModel(), new[0].colorDepth()] if new else None
-    out["original_after"] = b64(bg.pixelData(0, 0, W, H))
-    return out
+    return (yield from restore_whole(doc, bg, out))
 
 
 def sc_worker_missing():
@@ -306,13 +312,7 @@ def sc_depth(depth):
     yield from activate(doc, bg)
     out = {"u8": b64(test_pixels(2)), "profile": bg.colorProfile(), "input": b64(bg.pixelData(0, 0, W, H)),
            "depth": [bg.colorModel(), bg.colorDepth()]}
-    before = len(doc.rootNode().childNodes())
-    out.update((yield from trigger_and_wait(doc)))
-    new = [n for n in doc.rootNode().childNodes()[before - 1:] if n.name().startswith("LoRA-IR")]
-    out["new_layer"] = b64(new[0].pixelData(0, 0, W, H)) if new else None
-    out["new_depth"] = [new[0].colorModel(), new[0].colorDepth()] if new else None
-    out["original_after"] = b64(bg.pixelData(0, 0, W, H))
-    return out
+    return (yield from restore_whole(doc, bg, out))
 
 
 def run_all() -> None:
