@@ -206,9 +206,9 @@ class MainWindow(WindowMenus):
             depth = f"{doc.meta.bit_depth}-bit"
             fmt = doc.meta.source_format or (doc.path.suffix[1:].upper() if doc.path else "")
             icc = " · ICC" if doc.meta.icc_profile else ""
-            self.image_label.setText(
-                f"{doc.width} × {doc.height} · {depth} {'RGBA' if doc.has_alpha else 'RGB'} · {fmt}{icc}"
-            )
+            colour = ("Grey" if doc.meta.grey else "RGB") + (" + alpha" if doc.has_alpha else "")
+            pages = f" · page 1 of {doc.meta.frames}" if doc.meta.frames > 1 else ""
+            self.image_label.setText(f"{doc.width} × {doc.height} · {depth} {colour} · {fmt}{icc}{pages}")
         self._update_actions()
 
     def close_image(self) -> None:

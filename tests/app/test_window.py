@@ -211,6 +211,7 @@ def test_a_multi_page_file_is_never_saved_over(window, tmp_path: Path) -> None:
     before = src.read_bytes()
     assert window.open_file(src)
     assert window.message_bar.kind == "warning" and "holds 3 frames or pages" in window.message_bar.text
+    assert "8-bit RGB · TIFF · page 1 of 3" in window.image_label.text()
     asked: list[Path] = []
 
     def ask(title: str, suggested: Path) -> Path:
