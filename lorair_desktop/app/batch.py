@@ -65,6 +65,7 @@ class BatchProgress:
 class BatchSummary:
     written: list[Path] = field(default_factory=list)
     failed: list[tuple[str, str, str]] = field(default_factory=list)  # (file, message, hint)
+    notes: list[str] = field(default_factory=list)  # what a restored file lost, e.g. its other pages
     cancelled: bool = False
     seconds: float = 0.0
 
@@ -76,6 +77,7 @@ class BatchSummary:
         ]
         for name, message, hint in self.failed:
             lines.append(f"• {name}: {message}" + (f" — {hint}" if hint else ""))
+        lines += [f"• {note}" for note in self.notes]
         return "\n".join(lines)
 
 
@@ -138,6 +140,8 @@ def run_batch(
                 quality=job.quality, grey=img.grey,
             )
             summary.written.append(dst)
+            if img.frames > 1:
+                summary.notes.append(f"{src.name} holds {img.frames} frames or pages: only the first was restored")
         except BridgeError as exc:
             if exc.code == E_CANCELLED:
                 summary.cancelled = True

@@ -303,7 +303,10 @@ def test_batch_restores_a_folder_and_reports_failures(window, tmp_path: Path) ->
     write(src / f"one{EXT}", 48, 40, seed=5)
     write(src / f"two{EXT}", 40, 48, seed=6, bits=16)
     (src / "bad.png").write_bytes(b"not an image")
-    write(src / "three.tif", 32, 32, seed=7)
+    from PIL import Image
+
+    grey_pages = [Image.fromarray((make_photo(32, 32, seed=7 + i)[..., 1] * 255).astype(np.uint8)) for i in range(2)]
+    grey_pages[0].save(src / "three.tif", save_all=True, append_images=grey_pages[1:])  # a 2-page grey scan
     (dst / f"one{EXT}").write_bytes(b"keep me")  # an existing file is never replaced
     before = {p.name: p.read_bytes() for p in src.iterdir()}
     window.show_batch()
@@ -318,9 +321,11 @@ def test_batch_restores_a_folder_and_reports_failures(window, tmp_path: Path) ->
     assert process_until(lambda: not dlg.running, 120)
     text = dlg.summary.toPlainText()
     assert text.startswith("3 restored, 1 failed") and "bad.png" in text
+    assert "three.tif holds 2 frames or pages: only the first was restored" in text
     assert (dst / f"one{EXT}").read_bytes() == b"keep me"
     assert sorted(p.name for p in dst.iterdir()) == sorted([f"one{EXT}", f"one-1{EXT}", f"two{EXT}", "three.tif"])
     assert imageio.read_image(dst / f"two{EXT}").bit_depth == 16
+    assert imageio.read_image(dst / "three.tif").grey  # grey in, grey out
     assert {p.name: p.read_bytes() for p in src.iterdir()} == before
     assert window.message_bar.kind == "warning" and "1 of 4" in window.message_bar.text
     dlg.close()
