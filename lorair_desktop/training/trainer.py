@@ -142,6 +142,7 @@ class StageRunner:
         self.params = trainable_params(model, sc)
         self.opt = torch.optim.AdamW(self.params, lr=sc.lr, weight_decay=sc.weight_decay, betas=(0.9, 0.9))
         self._frozen = self._frozen_slices()
+        self._carried: dict[str, str] | None = None  # the merged-experts record this stage keeps
         self.step = 0
         self.history: list[dict] = []
         self.wall_before = 0.0  # training seconds of earlier sessions of this stage (from the state file)
@@ -216,7 +217,9 @@ class StageRunner:
         if self.rank != 0:
             return
         path = self.run_dir / "model.safetensors"
-        save_checkpoint(self.model, path, meta=carried(path, self.untrained_experts()))
+        if self._carried is None:  # read once: the record cannot change while the stage runs
+            self._carried = carried(path, self.untrained_experts())
+        save_checkpoint(self.model, path, meta=self._carried)
         tmp = self.state_path.with_suffix(".tmp")
         torch.save(
             {

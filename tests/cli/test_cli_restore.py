@@ -138,7 +138,10 @@ def test_grey_in_gives_grey_out_with_its_profile(small_model_path, tmp_path, cap
     assert out.mode == mode and out.info.get("icc_profile") == _grey_icc()
     if mode == "LA":
         assert np.array_equal(np.asarray(out)[..., 1], px[..., 1])
-    rgb = np.random.default_rng(3).random((8, 8, 3)).astype(np.float32)  # the grey written is the mean
+
+
+def test_the_grey_written_is_the_mean_of_the_three(tmp_path) -> None:
+    rgb = np.random.default_rng(3).random((8, 8, 3)).astype(np.float32)
     imageio.write_image(tmp_path / "mean.png", rgb, grey=True)
     got = np.asarray(Image.open(tmp_path / "mean.png"), np.float32)
     assert np.abs(got - rgb.mean(axis=2) * 255).max() <= 0.5
