@@ -27,6 +27,7 @@ import numpy as np
 import tifffile
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .atomic import replacing
 from .errors import ImageError
 
 WRITE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP"}
@@ -261,8 +262,7 @@ def write_image(
     a = np.concatenate(chans, axis=2)
     if icc_colour_space(icc_profile) != ("GRAY" if rgb.shape[2] == 1 else "RGB"):
         icc_profile = None
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with replacing(path) as tmp:
         if bit_depth == 16:
             _write_16bit(tmp, fmt, a, icc_profile)
         else:
@@ -279,9 +279,6 @@ def write_image(
             if fmt == "TIFF":
                 kw["compression"] = "tiff_deflate"
             im.save(tmp, format=fmt, **kw)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def upright_exif(exif: bytes) -> bytes:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import platformdirs
 
+from ..atomic import write_text
 from ..bridge.protocol import ENSEMBLES
 
 log = logging.getLogger(__name__)
@@ -77,9 +78,7 @@ class Settings:
         data.pop("path")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-            tmp.replace(self.path)
+            write_text(self.path, json.dumps(data, indent=2))
         except OSError as exc:  # settings are a convenience: never fail the app over them
             log.warning("could not save settings to %s: %s", self.path, exc)
 

@@ -18,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from .. import DEFAULT_MODEL as DEFAULT_MODEL  # re-exported: core users import it from here
+from ..atomic import replacing, write_text
 from .config import ModelConfig, config_from_dict, load_config, resources_dir
 from .errors import CheckpointError, ConfigError, ModelNotFound, ModelNotTrained
 from .model import PROTOTYPES_KEY, LoRAIR
@@ -49,9 +50,7 @@ def record_weights(name: str, entry: dict, manifest: Path | None = None) -> Path
     path = manifest or manifest_path()
     data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     data.setdefault("models", {})[name] = entry
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_text(path, json.dumps(data, indent=2) + "\n")
     return path
 
 
@@ -114,14 +113,12 @@ def canonicalize_file(path: Path) -> None:
             f.seek(8)
             f.write(head)
             return
-    tmp = path.with_name(path.name + ".canonical")
-    with open(path, "rb") as src, open(tmp, "wb") as dst:
+    with replacing(path) as tmp, open(path, "rb") as src, open(tmp, "wb") as dst:
         src.seek(8 + n)
         dst.write(len(head).to_bytes(8, "little"))
         dst.write(head)
         while chunk := src.read(1 << 24):
             dst.write(chunk)
-    tmp.replace(path)
 
 
 def stamp_time() -> str:
@@ -151,9 +148,8 @@ def save_checkpoint(model: LoRAIR, path: Path, half: bool = False, meta: dict[st
         tensors[PROTOTYPES_KEY] = model.prior_prototypes.detach().cpu().to(torch.float16 if half else torch.float32)
     metadata = {"format": FORMAT, "config": model.cfg.to_json(), **(meta or {})}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    _write_canonical(save(tensors, metadata=metadata), tmp)
-    tmp.replace(path)  # atomic: a crash never leaves a half-written checkpoint under the real name
+    with replacing(path) as tmp:  # a crash never leaves a half-written checkpoint under the real name
+        _write_canonical(save(tensors, metadata=metadata), tmp)
     return sha256_file(path)
 
 

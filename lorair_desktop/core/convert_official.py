@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
+from ..atomic import replacing
 from .checkpoint import (
     FORMAT,
     canonicalize_file,
@@ -340,13 +341,9 @@ def convert_official(
     use_manifest = output is None
     final = Path(output) if output is not None else weights_dir() / f"{cfg.name}.safetensors"
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.partial")
-    try:
+    with replacing(final) as tmp:  # a crash never leaves half a checkpoint under the real name
         save_file(clean, str(tmp), metadata=meta)
         canonicalize_file(tmp)  # the same release files convert to the same sha256
-        tmp.replace(final)  # atomic: a crash never leaves half a checkpoint under the real name
-    finally:
-        tmp.unlink(missing_ok=True)
     sha = sha256_file(final)
     mpath: Path | None = None
     if use_manifest and (presets_dir() / f"{cfg.name}.json").is_file():

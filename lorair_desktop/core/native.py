@@ -33,13 +33,14 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 import threading
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ..atomic import replacing
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,10 @@ def _prune(folder: Path, days: float = 30) -> None:
                 old.unlink()
 
 
+class _CompileFailed(Exception):
+    """The compiler refused these flags: the next set is tried."""
+
+
 def _build(cc: str) -> Path:
     """The compiled library in the cache, built now if missing (into a temporary file renamed into
     place, so that two processes building at once never load a half-written file). With OpenMP
@@ -128,18 +133,15 @@ def _build(cc: str) -> Path:
                 return out
             _prune(out.parent)
             out.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-            os.close(fd)
             try:
-                run = subprocess.run([cc, *flags, "-o", tmp, str(SOURCE)], capture_output=True, text=True,
-                                     timeout=120)
-                if run.returncode == 0:
-                    os.replace(tmp, out)
-                    return out
-                error = run.stderr.strip().splitlines()[-1:] or error
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+                with replacing(out) as tmp:
+                    run = subprocess.run([cc, *flags, "-o", str(tmp), str(SOURCE)], capture_output=True,
+                                         text=True, timeout=120)
+                    if run.returncode != 0:
+                        raise _CompileFailed(run.stderr)
+                return out
+            except _CompileFailed as failed:
+                error = str(failed).strip().splitlines()[-1:] or error
     raise OSError(f"{Path(cc).name} failed: {error[0]}")
 
 

@@ -22,6 +22,7 @@ import platformdirs
 import torch
 from torch import nn
 
+from ..atomic import write_text
 from . import native
 from .cpu import bf16_fast, cpu_info
 
@@ -87,9 +88,7 @@ def _read(path: Path) -> dict:
 def _write(path: Path, data: dict) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-        os.replace(tmp, path)  # atomic: a second process never reads half a file
+        write_text(path, json.dumps(data, indent=1))  # a second process never reads half a file
     except OSError as exc:  # a read-only cache only costs the measurement next time
         log.warning("cannot keep the precision verdict in %s: %s", path, exc)
 

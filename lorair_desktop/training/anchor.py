@@ -31,6 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from ..atomic import replacing
 from ..core.config import LoRAConfig
 from ..core.model import PROTOTYPES_KEY, LoRAIR
 from ..core.router import DGRouter, RouterOutput
@@ -67,9 +68,8 @@ class PriorAnchor:
             return anchor
         tensors = {f"router.{k}": v.detach().cpu().contiguous() for k, v in anchor.router.state_dict().items()}
         tensors[PROTOTYPES_KEY] = anchor.prototypes.cpu().contiguous()
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata={"format": "lorair-router-anchor"})
-        tmp.replace(path)
+        with replacing(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "lorair-router-anchor"})
         return anchor
 
     @classmethod

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_text
 from ..core.checkpoint import read_manifest, read_metadata, weights_dir
 from ..errors import LoraIRError, report_error
 from .evaluate import to_markdown
@@ -127,9 +128,7 @@ def update_model_card(
                 lines[hw:hw] = ["## Training history", "", entry, ""]
             done.append("a training-history entry")
     text = "\n".join(lines).rstrip("\n") + "\n"
-    tmp = card.with_name(card.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(card)
+    write_text(card, text)
     return done
 
 

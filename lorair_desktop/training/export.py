@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 import torch
 
+from ..atomic import replacing
 from ..core.checkpoint import (
     load_checkpoint,
     model_from_tensors,
@@ -133,7 +134,6 @@ def export_model(
     cfg_dict = json.loads(cfg.to_json())
     new_preset = _check_preset(cfg_dict, name, write_preset)
     final = dest_dir / f"{name}.safetensors"
-    staging = dest_dir / f".{name}.export.safetensors"
     info = {
         "exported": stamp_time(),
         "source_sha256": sha256_file(run_checkpoint),
@@ -142,8 +142,8 @@ def export_model(
         **(meta or {}),
     }
     Provenance.from_meta(info, f"the metadata for {name}", src_cfg.experts)  # --meta may give a record by hand
-    save_checkpoint(model, staging, half=True, meta=info)
-    try:
+    with replacing(final) as staging:  # the shipped file is replaced only by a checked copy
+        save_checkpoint(model, staging, half=True, meta=info)
         check = fp16_check(model, load_checkpoint(staging))
         if not check["ok"]:
             raise CheckpointError(
@@ -152,9 +152,6 @@ def export_model(
                 f"router {check['router_max_abs']:.3f}",
                 "the weights have values fp16 cannot hold; ship the fp32 checkpoint instead",
             )
-        staging.replace(final)
-    finally:
-        staging.unlink(missing_ok=True)
     if new_preset is not None:  # a new model name: `resolve_model(name)` needs its preset
         new_preset.parent.mkdir(parents=True, exist_ok=True)
         new_preset.write_text(json.dumps(cfg_dict, indent=2) + "\n", encoding="utf-8")

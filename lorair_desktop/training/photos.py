@@ -27,6 +27,7 @@ from pathlib import Path, PurePosixPath
 
 import platformdirs
 
+from lorair_desktop.atomic import replacing
 from lorair_desktop.errors import LoraIRError
 
 __all__ = [
@@ -156,9 +157,8 @@ def install_from_extracted(roots: Mapping[str, Path], dest: Path, entries: Itera
                 "or update photo_manifest.json",
             )
         target = dest / e.name
-        tmp = target.with_name(target.name + ".part")
-        shutil.copyfile(src, tmp)
-        tmp.replace(target)
+        with replacing(target) as tmp:
+            shutil.copyfile(src, tmp)
         written.append(target)
     return written
 

@@ -29,6 +29,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..atomic import replacing, write_text
 from ..core.checkpoint import load_checkpoint, save_checkpoint
 from ..core.config import ModelConfig
 from ..core.model import LoRAIR
@@ -220,18 +221,17 @@ class StageRunner:
         if self._carried is None:  # read once: the record cannot change while the stage runs
             self._carried = carried(path, self.untrained_experts())
         save_checkpoint(self.model, path, meta=self._carried)
-        tmp = self.state_path.with_suffix(".tmp")
-        torch.save(
-            {
-                "step": self.step,
-                "opt": self.opt.state_dict(),
-                "history": json.dumps(self.history),
-                "stage": self.sc.stage,
-                "wall_s": self.wall_s,
-            },
-            tmp,
-        )
-        tmp.replace(self.state_path)
+        with replacing(self.state_path) as tmp:
+            torch.save(
+                {
+                    "step": self.step,
+                    "opt": self.opt.state_dict(),
+                    "history": json.dumps(self.history),
+                    "stage": self.sc.stage,
+                    "wall_s": self.wall_s,
+                },
+                tmp,
+            )
 
     def try_resume(self) -> bool:
         if not self.state_path.is_file():
@@ -436,9 +436,7 @@ def write_run_info(run_dir: Path, info: dict) -> None:
     p = run_dir / "run.json"
     data = read_run_info(run_dir)
     data.update(info)
-    tmp = p.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(p)
+    write_text(p, json.dumps(data, indent=2, default=str))
 
 
 def stage_config_dict(sc: StageConfig) -> dict:
