@@ -95,11 +95,8 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
         raise ImageError(f"cannot read {path.name}: {exc}", "the file is damaged or not an image") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"cannot read {path.name}: {exc}", "the file is damaged or not an image") from exc
-    if fmt == "TIFF":
-        try:  # OpenCV misreads some 16-bit TIFFs (planar RGB comes back scrambled)
-            rgb, alpha, grey = _read_tiff(path, max_pixels).pixels()
-        except ImageError:  # a compression tifffile needs imagecodecs for (LZW): OpenCV reads those
-            rgb, alpha, grey = _read_16bit(path)
+    if fmt == "TIFF":  # never OpenCV: it scrambles planar RGB and drops grey's alpha without a word
+        rgb, alpha, grey = _read_tiff(path, max_pixels).pixels()
     else:
         rgb, alpha, grey = _read_16bit(path)
     rgb, alpha = _orient(rgb, orientation), None if alpha is None else _orient(alpha, orientation)

@@ -191,6 +191,16 @@ def test_tiffs_pillow_cannot_open_are_read_through_tifffile(small_model_path, tm
     tifffile.imwrite(tmp_path / "planar.tif", planar, photometric="rgb", planarconfig="separate")
     img = imageio.read_image(tmp_path / "planar.tif")
     assert np.array_equal(np.round(img.rgb * 65535), np.moveaxis(planar, 0, -1))
+    # LZW, GIMP's and Krita's default TIFF compression (OpenCV read these wrong: scrambled, alpha dropped)
+    tifffile.imwrite(tmp_path / "la_lzw.tif", la, photometric="minisblack", extrasamples=("unassalpha",),
+                     compression="lzw")
+    img = imageio.read_image(tmp_path / "la_lzw.tif")
+    assert img.grey and np.array_equal(np.round(img.rgb[..., 0] * 65535), la[..., 0])
+    assert np.array_equal(np.round(img.alpha * 65535), la[..., 1])
+    tifffile.imwrite(tmp_path / "planar_lzw.tif", planar, photometric="rgb", planarconfig="separate",
+                     compression="lzw")
+    img = imageio.read_image(tmp_path / "planar_lzw.tif")
+    assert img.bit_depth == 16 and np.array_equal(np.round(img.rgb * 65535), np.moveaxis(planar, 0, -1))
     tifffile.imwrite(tmp_path / "f.tif", np.zeros((8, 8, 2), np.float32), photometric="minisblack",
                      extrasamples=("unassalpha",))
     err = _bad(["restore", str(tmp_path / "f.tif"), "-o", str(tmp_path / "f.png"), "--model", str(small_model_path)],
