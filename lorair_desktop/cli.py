@@ -74,11 +74,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
         raise LoraIRError(f"{src} does not exist or is not a file")
     imageio.check_output_path(src, dst, args.force)
     img = imageio.read_image(src, max_pixels=args.max_pixels)
-    if img.frames > 1:
-        if dst.exists() and dst.resolve() == src.resolve():
-            raise LoraIRError(f"{src.name} holds {img.frames} frames or pages: writing the restored first one "
-                              "over it would lose the others", "write the output to another file")
-        print(f"note: {src.name} holds {img.frames} frames or pages; only the first is restored", file=sys.stderr)
+    caveat = img.caveat(src.name)
+    if caveat:
+        if dst.exists() and dst.resolve() == src.resolve():  # even with --force: the file holds more
+            raise LoraIRError(f"{caveat}: writing the result over it would lose what it holds",
+                              "write the output to another file")
+        print(f"note: {caveat}", file=sys.stderr)
     model = load_model(args.model)
     overrides, keep = parse_experts_arg(args.experts, model.experts)
     restorer = Restorer(model, device=args.device, precision=args.precision)

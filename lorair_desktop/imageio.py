@@ -15,6 +15,7 @@ numpy + Pillow + OpenCV only (no torch, no Qt): the CLI, the worker tools and th
 
 from __future__ import annotations
 
+import io
 import logging
 import struct
 import warnings
@@ -25,13 +26,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import tifffile
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from .atomic import replacing
 from .errors import ImageError
 
 WRITE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP"}
 DEFAULT_MAX_PIXELS = 200_000_000
+# tagged on what a CMYK file becomes, so viewers and editors read its colours as they were converted
+SRGB_ICC = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 Image.MAX_IMAGE_PIXELS = None  # our own limit below gives a clearer message than Pillow's bomb error
 
 
@@ -46,6 +49,17 @@ class LoadedImage:
     info: dict = field(default_factory=dict)
     grey: bool = False  # one colour channel in the file: written back grey
     frames: int = 1  # frames or pages in the file (animation, multi-page TIFF): only the first is read
+    converted: str = ""  # the file's colour model when it was converted on read ("CMYK"): written as RGB
+
+    def caveat(self, name: str) -> str | None:
+        """What the restored image does not hold of the file ``name`` (None: nothing is lost), the one
+        reason a result may not be written over its source."""
+        if self.frames > 1:
+            return f"{name} holds {self.frames} frames or pages; only the first is restored"
+        if self.converted:
+            how = "with its colour profile" if self.info.get("converted_with_profile") else "without a profile"
+            return f"{name} is {self.converted}; it is restored and written as RGB (converted {how})"
+        return None
 
     def pixels(self) -> tuple[np.ndarray, np.ndarray | None, bool]:
         return self.rgb, self.alpha, self.grey
@@ -80,8 +94,11 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
             orientation = im.getexif().get(0x0112, 1)
             frames = max(1, int(getattr(im, "n_frames", 1)))
             mode = im.mode
-            if mode == "CMYK":
-                raise ImageError(f"{path.name} is a CMYK image", "convert it to RGB in your editor first")
+            if mode == "CMYK":  # print files and stock photos: restored in sRGB, the caveat says so
+                rgb_im, profiled = _cmyk_to_srgb(ImageOps.exif_transpose(im), icc)
+                rgb, _, _ = _from_pil(rgb_im)
+                return LoadedImage(rgb, None, 8, SRGB_ICC, exif, fmt, {"converted_with_profile": profiled},
+                                   frames=frames, converted="CMYK")
             sixteen = mode in ("I;16", "I;16B", "I;16L", "I") or (fmt in ("PNG", "TIFF") and _is_16bit(path, im))
             if not sixteen:
                 im.load()
@@ -120,6 +137,10 @@ def _read_tiff(path: Path, max_pixels: int) -> LoadedImage:
                 raise ImageError(f"cannot read {path.name}: the TIFF holds no image", "the file is damaged")
             page = tf.pages[0]
             frames, axes = len(tf.pages), page.axes
+            photometric = tifffile.PHOTOMETRIC(page.photometric).name
+            if photometric not in ("MINISBLACK", "RGB"):  # CMYK (SEPARATED) would pass for RGB + alpha
+                raise ImageError(f"cannot read {path.name}: a {page.bitspersample}-bit {photometric} TIFF",
+                                 "save it as an RGB or grey TIFF, or as a PNG")
             h, w = int(page.imagelength), int(page.imagewidth)
             _check_pixels(w, h, path, max_pixels)
             a = page.asarray()
@@ -159,6 +180,21 @@ def _is_16bit(path: Path, im: Image.Image) -> bool:
         return len(head) == 25 and head[12:16] == b"IHDR" and head[24] == 16
     bps = im.tag_v2.get(258) if hasattr(im, "tag_v2") else None
     return bool(bps) and max(bps if isinstance(bps, tuple) else (bps,)) == 16
+
+
+def _cmyk_to_srgb(im: Image.Image, icc: bytes | None) -> tuple[Image.Image, bool]:
+    """The CMYK image in sRGB through its own profile (perceptual intent), else Pillow's plain formula
+    (no profile, or one littlecms refuses); the flag says which."""
+    if icc_colour_space(icc) == "CMYK":
+        try:
+            source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            out = ImageCms.profileToProfile(im, source, ImageCms.createProfile("sRGB"),
+                                            renderingIntent=ImageCms.Intent.PERCEPTUAL, outputMode="RGB")
+            if out is not None:
+                return out, True
+        except (ImageCms.PyCMSError, OSError, ValueError):
+            pass
+    return im.convert("RGB"), False
 
 
 def _from_pil(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None, bool]:

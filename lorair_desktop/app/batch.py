@@ -140,8 +140,8 @@ def run_batch(
                 quality=job.quality, grey=img.grey,
             )
             summary.written.append(dst)
-            if img.frames > 1:
-                summary.notes.append(f"{src.name} holds {img.frames} frames or pages: only the first was restored")
+            if caveat := img.caveat(src.name):
+                summary.notes.append(caveat)
         except BridgeError as exc:
             if exc.code == E_CANCELLED:
                 summary.cancelled = True

@@ -32,6 +32,8 @@ class ImageMeta:
     extra: dict = field(default_factory=dict)
     grey: bool = False  # opened from a grey file: saved grey
     frames: int = 1  # frames or pages of the file it was opened from (only the first is open)
+    converted: str = ""  # the file's colour model when converted on open ("CMYK"); the document is RGB
+    caveat: str | None = None  # what the document does not hold of its file: never saved over it
 
 
 class Document(QObject):
@@ -55,7 +57,7 @@ class Document(QObject):
         chans = [img.rgb] if img.alpha is None else [img.rgb, img.alpha[..., None]]
         pixels = from_float(np.concatenate(chans, axis=2), img.bit_depth)
         meta = ImageMeta(img.bit_depth, img.icc_profile, img.exif, img.source_format, dict(img.info), img.grey,
-                         img.frames)
+                         img.frames, img.converted, img.caveat(path.name))
         return cls(pixels, meta, path)
 
     # --- geometry -------------------------------------------------------------------------------
@@ -139,7 +141,8 @@ class Document(QObject):
             grey=self.meta.grey,
         )
         if not as_copy:
-            self.meta.frames = 1  # the document now belongs to a file of one image
+            self.meta.frames, self.meta.converted, self.meta.caveat = 1, "", None  # it now belongs to `path`
+            self.meta.source_format = imageio.WRITE_FORMATS[path.suffix.lower()]
             self.path = path
             self.history.mark_clean()
             self.history_changed.emit()

@@ -177,9 +177,9 @@ class MainWindow(WindowMenus):
             self.show_message("error", f"Cannot open {path.name}: {exc}", "Check that the file is a readable image.")
             return False
         self.set_document(doc)
-        if doc.meta.frames > 1:
-            self.show_message("warning", f"{path.name} holds {doc.meta.frames} frames or pages: only the first "
-                              "is open.", "Saving writes that one image to a new file; the original keeps them all.")
+        if doc.meta.caveat:
+            self.show_message("warning", f"{doc.meta.caveat}.",
+                              "Saving writes the result to a new file; the original stays as it is.")
         self.settings.last_folder = str(path.parent)
         self.settings.add_recent(path)
         self.settings.save()
@@ -200,6 +200,11 @@ class MainWindow(WindowMenus):
             doc.history_changed.connect(self._update_actions)
         self.canvas.set_document(doc, self.selection)
         self.message_bar.dismiss()
+        self._update_image_label()
+        self._update_actions()
+
+    def _update_image_label(self) -> None:
+        doc = self.doc
         if doc is None:
             self.image_label.setText("")
         else:
@@ -207,9 +212,9 @@ class MainWindow(WindowMenus):
             fmt = doc.meta.source_format or (doc.path.suffix[1:].upper() if doc.path else "")
             icc = " · ICC" if doc.meta.icc_profile else ""
             colour = ("Grey" if doc.meta.grey else "RGB") + (" + alpha" if doc.has_alpha else "")
+            colour += f" (from {doc.meta.converted})" if doc.meta.converted else ""
             pages = f" · page 1 of {doc.meta.frames}" if doc.meta.frames > 1 else ""
             self.image_label.setText(f"{doc.width} × {doc.height} · {depth} {colour} · {fmt}{icc}{pages}")
-        self._update_actions()
 
     def close_image(self) -> None:
         if self.maybe_discard():
@@ -245,7 +250,7 @@ class MainWindow(WindowMenus):
         doc = self.doc
         if doc is None:
             return False
-        if doc.path is None or doc.path.suffix.lower() not in imageio.WRITE_FORMATS or doc.meta.frames > 1:
+        if doc.path is None or doc.path.suffix.lower() not in imageio.WRITE_FORMATS or doc.meta.caveat:
             return self.save_as()
         return self._write(doc.path, SaveOptions(quality=self.settings.jpeg_quality), as_copy=False)
 
@@ -285,9 +290,9 @@ class MainWindow(WindowMenus):
             )
             return False
         doc = self.doc
-        if doc.meta.frames > 1 and doc.path is not None and path.resolve() == doc.path.resolve():
-            self.show_message("error", f"{path.name} holds {doc.meta.frames} frames or pages: saving the restored "
-                              "first one over it would lose the others.", "Choose another file name.")
+        if doc.meta.caveat and doc.path is not None and path.resolve() == doc.path.resolve():
+            self.show_message("error", f"{doc.meta.caveat}: saving the result over it would lose what it holds.",
+                              "Choose another file name.")
             return False
         try:
             self.doc.save(path, options, as_copy=as_copy)
@@ -306,6 +311,7 @@ class MainWindow(WindowMenus):
         if not as_copy:
             self.settings.add_recent(path)
             self.settings.save()
+            self._update_image_label()  # the document now belongs to this file: one page, its format
         self._update_actions()
         return True
 

@@ -222,13 +222,28 @@ def test_a_multi_page_file_is_never_saved_over(window, tmp_path: Path) -> None:
     window.select_all()
     assert run_restore(window), window.message_bar.text
     assert not window.save() and asked and asked[0] != src  # Save went to Save As, suggesting a new name
-    assert "would lose the others" in window.message_bar.text and src.read_bytes() == before
+    assert "would lose what it holds" in window.message_bar.text and src.read_bytes() == before
     out = tmp_path / "restored.tif"
     window.ask_save_path = lambda title, suggested: out  # type: ignore[method-assign]
     assert window.save() and window.doc.path == out
-    assert getattr(Image.open(out), "n_frames", 1) == 1
+    assert getattr(Image.open(out), "n_frames", 1) == 1 and "page 1 of" not in window.image_label.text()
     assert window.save()  # the new file holds one image: Save writes it in place
     assert src.read_bytes() == before
+
+
+def test_a_cmyk_photo_opens_in_rgb_and_save_asks_for_a_new_file(window, tmp_path: Path) -> None:
+    from PIL import Image
+
+    src = tmp_path / "print.jpg"
+    Image.fromarray((make_photo(64, 48)[..., :3] * 255).astype(np.uint8)).convert("CMYK").save(src)
+    before = src.read_bytes()
+    assert window.open_file(src)
+    assert window.message_bar.kind == "warning" and "print.jpg is CMYK" in window.message_bar.text
+    assert "8-bit RGB (from CMYK) · JPEG · ICC" in window.image_label.text()
+    out = tmp_path / "print-rgb.png"
+    window.ask_save_path = lambda title, suggested: out  # type: ignore[method-assign]
+    assert window.save() and window.doc.path == out and src.read_bytes() == before
+    assert Image.open(out).mode == "RGB" and "8-bit RGB · PNG · ICC" in window.image_label.text()
 
 
 def test_save_keeps_a_photos_exif(window, tmp_path: Path) -> None:
@@ -321,7 +336,7 @@ def test_batch_restores_a_folder_and_reports_failures(window, tmp_path: Path) ->
     assert process_until(lambda: not dlg.running, 120)
     text = dlg.summary.toPlainText()
     assert text.startswith("3 restored, 1 failed") and "bad.png" in text
-    assert "three.tif holds 2 frames or pages: only the first was restored" in text
+    assert "three.tif holds 2 frames or pages; only the first is restored" in text
     assert (dst / f"one{EXT}").read_bytes() == b"keep me"
     assert sorted(p.name for p in dst.iterdir()) == sorted([f"one{EXT}", f"one-1{EXT}", f"two{EXT}", "three.tif"])
     assert imageio.read_image(dst / f"two{EXT}").bit_depth == 16
