@@ -115,6 +115,7 @@ class JobRequest:
     tile: int | None = None
     overlap: int | None = None
     ensemble: int = 1
+    transfer: str = "srgb"  # "linear" for linear-light pixels (see protocol)
 
     def header(self) -> JobHeader:
         return JobHeader(
@@ -128,6 +129,7 @@ class JobRequest:
             self.tile,
             self.overlap,
             self.ensemble,
+            self.transfer,
         )
 
     def body_parts(self) -> list[memoryview | bytes]:

@@ -17,6 +17,10 @@ Pixel layout
 restored as RGB and returned grey, the mean of the three). ``sample``: "u8" | "u16" | "f32"
 (native little-endian; u8/u16 span 0..max, f32 spans 0.0..1.0 and must be finite). Rows are
 top to bottom, no padding: ``len(pixels) == width * height * channels * bytes_per_sample``.
+``transfer``: "srgb" (default: gamma-encoded values, what the model is trained on) | "linear"
+(linear light, e.g. Krita's float layers with a g10 or scRGB profile): the worker encodes them to
+sRGB for the model and decodes the result. Float values outside 0..1 (HDR highlights, wide gamut) are
+restored clipped and the part outside is added back, so no highlight is lost.
 An optional soft mask is ``width * height`` bytes, 8-bit, 255 = fully selected.
 Alpha is passed through untouched. With a mask the worker returns the result already blended with
 the input, per colour channel ``out = in + m/255 * (restored - in)``, alpha = input alpha, so a host
@@ -37,8 +41,9 @@ Job header JSON (`JobHeader`)::
      "experts": {"mode": "auto"}         # or {"mode": "manual", "weights": {"noise": 0.8},
                                          #     "keep_router": false}
      "tile": null, "overlap": null,      # optional ints: tile side >= 16, overlap >= 0
-     "ensemble": 1}                      # optional: 1, 2, 4 or 8 flipped/turned passes averaged
+     "ensemble": 1,                      # optional: 1, 2, 4 or 8 flipped/turned passes averaged
                                          # (that many times slower; rain mixes use 4 at most)
+     "transfer": "linear"}               # optional, "srgb" when absent (see Pixel layout)
 
 Result header JSON (`ResultHeader`): width, height, order, sample (same layout as the input),
 router_weights, applied_weights ({expert: weight}; the router's, and the ones actually merged),
@@ -92,6 +97,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PROTOCOL_VERSION = 1
+TRANSFERS = ("srgb", "linear")  # how the colour values encode light (see Pixel layout)
 PROTOCOL_HEADER = "X-LoRAIR-Protocol"
 JOB_CONTENT_TYPE = "application/x-lorair-job"
 RESULT_CONTENT_TYPE = "application/x-lorair-result"
@@ -307,9 +313,10 @@ class JobHeader:
     tile: int | None = None
     overlap: int | None = None
     ensemble: int = 1
+    transfer: str = "srgb"
 
     _KEYS = ("width", "height", "order", "sample")
-    _OPTIONAL = ("has_mask", "model", "experts", "tile", "overlap", "ensemble")
+    _OPTIONAL = ("has_mask", "model", "experts", "tile", "overlap", "ensemble", "transfer")
 
     @property
     def pixel_bytes(self) -> int:
@@ -335,6 +342,8 @@ class JobHeader:
             "tile": self.tile,
             "overlap": self.overlap,
             "ensemble": self.ensemble,
+            # only when not the default: a worker from before the key refuses unknown keys
+            **({"transfer": self.transfer} if self.transfer != "srgb" else {}),
         }
 
     @classmethod
@@ -355,6 +364,7 @@ class JobHeader:
             tile=_opt_int(d, "tile", MIN_TILE, MAX_TILE, what),
             overlap=_opt_int(d, "overlap", 0, MAX_OVERLAP, what),
             ensemble=_ensemble(d, what),
+            transfer="srgb" if d.get("transfer") is None else _choice(d, "transfer", TRANSFERS, what),
         )
 
 

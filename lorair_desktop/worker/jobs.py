@@ -401,7 +401,7 @@ class Scheduler:
         t0 = time.perf_counter()
         _, rgb, _ = self._decode(header, payload)
         t1 = time.perf_counter()
-        a = restorer.analyze(rgb)
+        a = restorer.analyze(pixels.for_model(rgb, header.transfer)[0])
         t2 = time.perf_counter()
         return AnalyzeResult(
             self.models.name,
@@ -434,12 +434,14 @@ class Scheduler:
                 kwargs["tile"] = h.tile
             if h.overlap is not None:
                 kwargs["overlap"] = h.overlap
+            model_in, spill = pixels.for_model(rgb, h.transfer)
             res = restorer.restore(
-                rgb, overrides, h.experts.keep_router, progress=progress, cancel=job.cancel.is_set,
+                model_in, overrides, h.experts.keep_router, progress=progress, cancel=job.cancel.is_set,
                 ensemble=h.ensemble, **kwargs
             )
             t2 = time.perf_counter()
-            out = pixels.from_float_rgb(res.image, arr, h.order, h.sample, mask, rgb)
+            restored = pixels.from_model(res.image, h.transfer, spill)
+            out = pixels.from_float_rgb(restored, arr, h.order, h.sample, mask, rgb)
             t3 = time.perf_counter()
             timings = {
                 "queue_s": (job.started or 0.0) - job.submitted,

@@ -2,6 +2,8 @@
 
 u8/u16 map k -> k / max and back with rounding to nearest, so untouched pixels come back bit-exact;
 f32 is taken as is (it must be finite). Alpha never goes through the model: it is copied.
+`for_model`/`from_model` put linear light into the sRGB encoding the model knows, and carry the part
+of float values outside 0..1 around it.
 """
 
 from __future__ import annotations
@@ -51,6 +53,36 @@ def to_float_rgb(arr: np.ndarray, order: str, sample: str) -> np.ndarray:
     if sample != "f32":
         rgb /= np.float32(MAXVAL[sample])
     return rgb
+
+
+def srgb_encode(linear: np.ndarray) -> np.ndarray:
+    """IEC 61966-2-1 on [0, 1]: linear light -> the gamma-encoded values photos (and the model) use."""
+    x = np.clip(linear, 0.0, 1.0)
+    return np.where(x <= 0.0031308, x * np.float32(12.92),
+                    np.float32(1.055) * np.power(x, np.float32(1 / 2.4)) - np.float32(0.055)).astype(np.float32)
+
+
+def srgb_decode(encoded: np.ndarray) -> np.ndarray:
+    """The inverse of `srgb_encode` on [0, 1]."""
+    v = np.clip(encoded, 0.0, 1.0)
+    return np.where(v <= 0.04045, v / np.float32(12.92),
+                    np.power((v + np.float32(0.055)) / np.float32(1.055), np.float32(2.4))).astype(np.float32)
+
+
+def for_model(rgb: np.ndarray, transfer: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """(what the model restores: [0, 1], sRGB-encoded; the part of float values outside [0, 1], or
+    None when there is none). The model only knows [0, 1]: an HDR highlight is restored at 1 and its
+    excess added back by `from_model`, instead of being clipped away."""
+    inside = np.clip(rgb, 0.0, 1.0)
+    spill = rgb - inside
+    x = srgb_encode(inside) if transfer == "linear" else inside
+    return x, (spill if spill.any() else None)
+
+
+def from_model(restored: np.ndarray, transfer: str, spill: np.ndarray | None) -> np.ndarray:
+    """The model's output back in the host's transfer, with `for_model`'s spill added back."""
+    out = srgb_decode(restored) if transfer == "linear" else restored
+    return out if spill is None else out + spill
 
 
 def from_float_rgb(

@@ -24,6 +24,9 @@ def test_job_header_round_trip() -> None:
     assert h.pixel_bytes == 640 * 480 * 4 * 2
     assert h.mask_bytes == 640 * 480
     assert JobHeader.from_dict({"width": 2, "height": 3, "order": "RGB", "sample": "f32"}).payload_bytes == 72
+    linear = JobHeader(4, 4, "RGBA", "f32", transfer="linear")
+    assert JobHeader.from_dict(linear.to_dict()) == linear and linear.to_dict()["transfer"] == "linear"
+    assert "transfer" not in h.to_dict() and h.transfer == "srgb"  # a worker from before the key still reads it
 
 
 @pytest.mark.parametrize(
@@ -46,6 +49,7 @@ def test_job_header_round_trip() -> None:
         ({"ensemble": 3}, "header.ensemble 3 is not supported"),
         ({"ensemble": True}, "use one of 1, 2, 4, 8"),
         ({"ensemble": "8"}, "header.ensemble '8'"),
+        ({"transfer": "gamma22"}, "header.transfer 'gamma22' is not supported"),
     ],
 )
 def test_job_header_rejects_with_reason(patch: dict, fragment: str) -> None:

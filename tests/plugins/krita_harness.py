@@ -13,6 +13,7 @@ import base64
 import json
 import os
 import random
+import struct
 import time
 import traceback
 
@@ -24,6 +25,7 @@ ACTION = "lorair_restore_selection"
 W, H = 128, 96
 SELECT = (40, 30, 44, 32)  # x, y, w, h of the selection before feathering
 FEATHER = 6
+HDR_BLOCK = (2, 2, 4, 4)  # x, y, w, h of the linear scenario's highlight (values above 1)
 OUT = os.environ.get("LORAIR_HARNESS_OUT", "/tmp/lorair-harness.json")
 
 results: dict = {"log": []}
@@ -235,7 +237,7 @@ def scenarios():
     """Each scenario in its own document; one failing is recorded and the others still run."""
     plan = [("no_document", sc_no_document), ("restore", sc_restore), ("docker", sc_docker),
             ("depth_U16", lambda: sc_depth("U16")), ("depth_F16", lambda: sc_depth("F16")),
-            ("depth_F32", lambda: sc_depth("F32")),
+            ("depth_F32", lambda: sc_depth("F32")), ("linear_F32", sc_linear),
             ("grey_U8", lambda: sc_grey("U8")), ("grey_U16", lambda: sc_grey("U16")),
             ("empty_selection", sc_empty_selection), ("unsupported", sc_unsupported),
             ("autostart", sc_autostart), ("worker_missing", sc_worker_missing)]  # these two change the env
@@ -309,6 +311,23 @@ def sc_depth(depth):
     profiles = [p for p in app.profiles("RGBA", depth) if p.lower().startswith("srgb-elle") and "srgbtrc" in p.lower()]
     doc.setColorSpace("RGBA", depth, profiles[0] if profiles else "")
     doc.waitForDone()
+    yield from activate(doc, bg)
+    out = {"u8": b64(test_pixels(2)), "profile": bg.colorProfile(), "input": b64(bg.pixelData(0, 0, W, H)),
+           "depth": [bg.colorModel(), bg.colorDepth()]}
+    return (yield from restore_whole(doc, bg, out))
+
+
+def sc_linear():
+    """32-bit float in Krita's default linear profile (g10), with an HDR highlight painted in, restored
+    whole: the plugin tells the worker the values are linear light."""
+    app = Krita.instance()
+    doc = new_doc("linear-F32")
+    bg = doc.rootNode().childNodes()[0]
+    bg.setPixelData(test_pixels(2), 0, 0, W, H)
+    profiles = [p for p in app.profiles("RGBA", "F32") if p.lower().startswith("srgb-elle") and "g10" in p.lower()]
+    doc.setColorSpace("RGBA", "F32", profiles[0] if profiles else "")
+    doc.waitForDone()
+    bg.setPixelData(struct.pack("<4f", 4.0, 2.5, 1.5, 1.0) * 16, *HDR_BLOCK)  # native order is little here
     yield from activate(doc, bg)
     out = {"u8": b64(test_pixels(2)), "profile": bg.colorProfile(), "input": b64(bg.pixelData(0, 0, W, H)),
            "depth": [bg.colorModel(), bg.colorDepth()]}

@@ -205,6 +205,15 @@ def test_bad_input_is_a_message_and_nothing_runs(krita_plugin: Any, kw: dict[str
     assert words in ctl.status.error
 
 
+@pytest.mark.parametrize("profile, transfer", [
+    ("sRGB-elle-V2-g10.icc", "linear"), ("Rec2020-elle-V4-g10.icc", "linear"), ("scRGB (linear)", "linear"),
+    ("Gray-D50-elle-V2-g10.icc", "linear"), ("sRGB-elle-V2-srgbtrc.icc", "srgb"),
+    ("sRGB built-in", "srgb"), ("Gray-D50-elle-V2-g22.icc", "srgb"), ("", "srgb"),
+])
+def test_linear_profiles_are_sent_as_linear_light(krita_plugin: Any, profile: str, transfer: str) -> None:
+    assert krita_plugin.transfer_of(profile) == transfer
+
+
 def test_unsupported_depth(krita_plugin: Any) -> None:
     with pytest.raises(krita_plugin.PluginError, match="cannot read U32"):
         krita_plugin.wire_layout("RGBA", "U32")

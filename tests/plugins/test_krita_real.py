@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from lorair_desktop.bridge import ExpertSpec, JobRequest
+from lorair_desktop.worker.pixels import srgb_decode
 
 from .hosts import ensure_krita, log_tail, run_group
 from .support import RunningWorker, blend_reference, install_plugin, kill_runtime_worker, region
@@ -215,6 +216,28 @@ def test_deep_layers_keep_their_depth_and_channel_order(krita_run: dict[str, Any
     if depth == "F16":
         answer = np.clip(np.frombuffer(answer, "<f4"), -65504, 65504).astype("<f2").tobytes()
     assert base64.b64decode(res["new_layer"]) == answer and len(answer) == inp.nbytes
+    assert res["original_after"] == res["input"]
+
+
+def test_linear_float_layers_are_restored_as_linear_light_and_keep_hdr(krita_run: dict[str, Any],
+                                                                      plugin_worker: RunningWorker) -> None:
+    """Krita's default float profile is linear (g10): the plugin sends transfer "linear", so the worker
+    restores the sRGB-encoded picture and returns linear light; the highlight above 1 survives."""
+    res = scenario(krita_run, "linear_F32")
+    assert res["errors"] == [] and res["depth"] == res["new_depth"] == ["RGBA", "F32"]
+    assert "g10" in res["profile"]
+    inp = np.frombuffer(base64.b64decode(res["input"]), "<f4").reshape(H, W, 4)
+    x, y, w, h = 2, 2, 4, 4  # the harness's HDR_BLOCK
+    srgb = _img(res["u8"], 4)[..., [2, 1, 0]].astype(np.float32) / 255  # BGRA 8-bit before the conversion
+    rest = np.ones((H, W), bool)
+    rest[y:y + h, x:x + w] = False
+    np.testing.assert_allclose(inp[..., :3][rest], srgb_decode(srgb)[rest], atol=2e-3)  # really linear light
+    answer = plugin_worker.client().restore(JobRequest(inp.tobytes(), W, H, "RGBA", "f32", transfer="linear")).pixels
+    assert base64.b64decode(res["new_layer"]) == answer
+    out = np.frombuffer(answer, "<f4").reshape(H, W, 4)
+    assert out[y:y + h, x:x + w, 0].min() > 3.0  # 4.0 in: restored at 1, its excess added back
+    srgb_answer = plugin_worker.client().restore(JobRequest(inp.tobytes(), W, H, "RGBA", "f32")).pixels
+    assert srgb_answer != answer  # the transfer changed what the model saw
     assert res["original_after"] == res["input"]
 
 

@@ -67,6 +67,27 @@ def test_grey_is_restored_as_rgb_and_returned_as_the_mean() -> None:
     assert out.tolist() == [round(0.5 * 255), 7]  # the mean of the three; alpha untouched
 
 
+def test_srgb_curve_matches_the_standard_and_round_trips() -> None:
+    # IEC 61966-2-1 reference points: linear 0.5 encodes to ~0.7354, 18 % grey to ~0.4614
+    enc = pixels.srgb_encode(np.array([0.0, 0.002, 0.18, 0.5, 1.0], np.float32))
+    np.testing.assert_allclose(enc, [0.0, 0.02584, 0.46135, 0.73536, 1.0], atol=5e-5)
+    x = np.linspace(0, 1, 4097, dtype=np.float32)
+    np.testing.assert_allclose(pixels.srgb_decode(pixels.srgb_encode(x)), x, atol=2e-6)
+
+
+@pytest.mark.parametrize("transfer", ["srgb", "linear"])
+def test_float_values_outside_0_1_are_carried_around_the_model(transfer: str) -> None:
+    rgb = np.array([[[4.0, 0.5, -0.25], [0.2, 0.3, 0.4]]], np.float32)
+    x, spill = pixels.for_model(rgb, transfer)
+    assert x.min() >= 0 and x.max() <= 1 and spill is not None
+    back = pixels.from_model(x, transfer, spill)  # a model that changed nothing gives the input back
+    np.testing.assert_allclose(back, rgb, atol=1e-6)
+    inside, none = pixels.for_model(rgb[:, 1:], transfer)
+    assert none is None
+    if transfer == "linear":
+        np.testing.assert_allclose(inside, pixels.srgb_encode(rgb[:, 1:]), atol=0)
+
+
 def test_nan_and_inf_rejected() -> None:
     for bad_value in (np.nan, np.inf, -np.inf):
         a = np.zeros((2, 2, 3), np.float32)

@@ -108,6 +108,25 @@ def test_self_ensemble_through_the_worker_matches_in_process(client: WorkerClien
     assert single.header.ensemble == 1 and single.pixels != got.pixels
 
 
+def test_linear_light_is_restored_in_srgb_and_keeps_hdr(client: WorkerClient, restorer: Any) -> None:
+    """transfer "linear": the model sees the sRGB encoding, the host gets linear light back, and a value
+    above 1 keeps its excess (restored at 1, the rest added back)."""
+    h, w = 48, 64
+    srgb = host_image("RGB", "f32", h, w, seed=21)
+    linear = np.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4).astype(np.float32)
+    linear[5:9, 5:9] = (4.0, 2.0, 0.5)
+    srgb[5:9, 5:9] = (1.0, 1.0, (1.055 * 0.5 ** (1 / 2.4) - 0.055))
+    got = client.restore(JobRequest(linear.tobytes(), w, h, "RGB", "f32", transfer="linear"))
+    with one_thread():
+        res = restorer.restore(srgb)
+    y = res.image
+    want = np.where(y <= 0.04045, y / 12.92, ((y + 0.055) / 1.055) ** 2.4).astype(np.float32)
+    want[5:9, 5:9, :2] += (3.0, 1.0)
+    arr = np.frombuffer(got.pixels, np.float32).reshape(h, w, 3)
+    np.testing.assert_allclose(arr, want, rtol=0, atol=2e-5)
+    assert arr[5:9, 5:9, 0].min() > 3.0
+
+
 def test_analyze_matches_in_process(client: WorkerClient, restorer: Any) -> None:
     img = host_image("RGB", "u8", 64, 48, seed=3)
     got = client.analyze(JobRequest(img.tobytes(), 48, 64, "RGB", "u8"))

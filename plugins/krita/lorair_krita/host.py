@@ -40,7 +40,7 @@ class KritaHost:
         selection = None if sel is None else Rect(sel.x(), sel.y(), sel.width(), sel.height())
         return Target(handle=(doc, node, sel), canvas=Rect(0, 0, doc.width(), doc.height()),
                       selection=selection, color_model=node.colorModel(), depth=node.colorDepth(),
-                      name=node.name())
+                      name=node.name(), profile=node.colorProfile())
 
     def read(self, target: Target, rect: Rect) -> tuple[bytes, bytes | None]:
         _doc, node, sel = target.handle

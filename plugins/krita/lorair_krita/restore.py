@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import array
 import json
+import re
 import struct
 import sys
 import threading
@@ -47,6 +48,17 @@ def wire_layout(color_model: str, depth: str) -> tuple[str, str]:
                           "Convert the layer to 8-bit, 16-bit or 32-bit float RGB/Alpha or Grayscale/Alpha.")
     order, sample = _LAYOUTS[depth]
     return ("GRAYA" if color_model == "GRAYA" else order), sample
+
+
+# Krita names its linear-light profiles "…-g10.icc" (gamma 1.0: its default for float RGB and grey),
+# "scRGB (linear)" or "… linear …".
+_LINEAR_PROFILE = re.compile(r"(?:^|[-_ ])g10(?:[-_. ]|$)|linear|scrgb", re.IGNORECASE)
+
+
+def transfer_of(profile: str) -> str:
+    """The wire's `transfer` for a layer with this colour profile: "linear" for linear light, which the
+    worker encodes to the sRGB curve the model knows and back, else "srgb" (gamma-encoded values)."""
+    return "linear" if _LINEAR_PROFILE.search(profile or "") else "srgb"
 
 
 def _swap_if_big_endian(raw: bytes, code: str) -> bytes:
@@ -130,6 +142,7 @@ class Target:
     color_model: str
     depth: str
     name: str
+    profile: str = ""  # the layer's colour profile name (its transfer: see `transfer_of`)
 
 
 class Host(Protocol):
@@ -243,7 +256,8 @@ class Controller:
         rect = PLUGIN.restore_region(target.canvas, target.selection, self.settings.margin)
         pixels, mask = self.host.read(target, rect)
         request = JobRequest(to_wire(pixels, target.depth), rect.w, rect.h, order, sample,
-                             mask=mask, experts=self.settings.expert_spec(), ensemble=self.settings.passes)
+                             mask=mask, experts=self.settings.expert_spec(), ensemble=self.settings.passes,
+                             transfer=transfer_of(target.profile))
         return target, rect, request
 
     def _guarded(self, fn: Callable[[], None]) -> bool:
