@@ -68,6 +68,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from . import imageio
     from .core import Restorer, load_model
     from .core.routing import parse_experts_arg
+    from .worker import pixels
 
     src, dst = Path(args.input), Path(args.output)
     if not src.is_file():
@@ -85,9 +86,11 @@ def cmd_restore(args: argparse.Namespace) -> int:
     restorer = Restorer(model, device=args.device, precision=args.precision)
     t0 = time.perf_counter()
     tiling = {"tile": args.tile} | ({} if args.overlap is None else {"overlap": args.overlap})
-    res = restorer.restore(img.rgb, overrides, keep, **tiling, progress=None if args.quiet else _Progress(),
+    model_in, spill = pixels.for_model(img.rgb, img.transfer)  # linear light: on its sRGB encoding
+    res = restorer.restore(model_in, overrides, keep, **tiling, progress=None if args.quiet else _Progress(),
                            ensemble=args.ensemble)
-    imageio.write_image(dst, res.image, img.alpha, img.bit_depth, img.icc_profile, quality=args.quality,
+    imageio.write_image(dst, pixels.from_model(res.image, img.transfer, spill), img.alpha, img.bit_depth,
+                        img.icc_profile, quality=args.quality,
                         exif=img.exif, grey=img.grey)
     if args.json:
         print(json.dumps({"output": str(dst), "router_weights": res.router_weights,
@@ -106,10 +109,11 @@ def cmd_restore(args: argparse.Namespace) -> int:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from . import imageio
     from .core import Restorer, load_model
+    from .worker import pixels
 
     img = imageio.read_image(Path(args.input), max_pixels=args.max_pixels)
     restorer = Restorer(load_model(args.model), device=args.device)
-    a = restorer.analyze(img.rgb)
+    a = restorer.analyze(pixels.for_model(img.rgb, img.transfer)[0])
     if args.json:
         print(json.dumps({"router_weights": a.weights_dict(), "top_expert": a.top_expert, "logits": a.logits,
                           "router_crops": a.crops}))

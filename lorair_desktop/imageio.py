@@ -50,6 +50,7 @@ class LoadedImage:
     grey: bool = False  # one colour channel in the file: written back grey
     frames: int = 1  # frames or pages in the file (animation, multi-page TIFF): only the first is read
     converted: str = ""  # the file's colour model when it was converted on read ("CMYK"): written as RGB
+    transfer: str = "srgb"  # "linear" when its ICC profile's tone curve is gamma 1.0 (see `icc_transfer`)
 
     def caveat(self, name: str) -> str | None:
         """What the restored image does not hold of the file ``name`` (None: nothing is lost), the one
@@ -80,7 +81,12 @@ def _check_pixels(w: int, h: int, path: Path, max_pixels: int) -> None:
 
 
 def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
-    path = Path(path)
+    img = _read_image(Path(path), max_pixels)
+    img.transfer = icc_transfer(img.icc_profile)
+    return img
+
+
+def _read_image(path: Path, max_pixels: int) -> LoadedImage:
     if not path.is_file():
         raise ImageError(f"{path} does not exist or is not a file")
     try:
@@ -238,6 +244,33 @@ def icc_colour_space(icc: bytes | None) -> str | None:
     if not icc or len(icc) < 20:
         return None
     return icc[16:20].decode("ascii", "replace").strip() or None
+
+
+def icc_transfer(icc: bytes | None) -> str:
+    """"linear" when the profile's tone curve (rTRC, or kTRC for grey) is gamma 1.0, as Krita's g10
+    profiles and linear scRGB are, else "srgb": the model is trained on gamma-encoded values, so
+    linear pixels are encoded for it and decoded back (see `worker.pixels.for_model`)."""
+    if not icc or len(icc) < 132:
+        return "srgb"
+    try:
+        (count,) = struct.unpack_from(">I", icc, 128)
+        table = {}
+        for i in range(min(count, 256)):
+            sig, off, size = struct.unpack_from(">4sII", icc, 132 + 12 * i)
+            table[sig] = icc[off:off + size]
+        curve = table.get(b"rTRC") or table.get(b"kTRC") or b""
+        if curve[:4] == b"curv":
+            (n,) = struct.unpack_from(">I", curve, 8)
+            # no entries: the identity; one: a gamma in u8.8
+            linear = n == 0 or (n == 1 and struct.unpack_from(">H", curve, 12)[0] == 0x0100)
+        elif curve[:4] == b"para":
+            kind, gamma = struct.unpack_from(">H", curve, 8)[0], struct.unpack_from(">i", curve, 12)[0]
+            linear = kind == 0 and gamma == 0x10000
+        else:
+            linear = False
+    except struct.error:  # a cut or damaged profile: treat the pixels as ordinary photos
+        return "srgb"
+    return "linear" if linear else "srgb"
 
 
 def _orient(a: np.ndarray, orientation: int) -> np.ndarray:

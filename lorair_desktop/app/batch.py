@@ -126,7 +126,7 @@ def run_batch(
             px = from_float(img.rgb, img.bit_depth)
             req = JobRequest(
                 px, w, h, "RGB", SAMPLE_OF_DTYPE[px.dtype], experts=job.experts, model=job.model, tile=job.tile,
-                ensemble=job.ensemble
+                ensemble=job.ensemble, transfer=img.transfer
             )
 
             def report(st: JobStatus, i: int = i, name: str = src.name) -> None:

@@ -142,7 +142,7 @@ class RestoreController(QObject):
             return None
         return doc, region
 
-    def _request(self, region: Region, with_mask: bool) -> JobRequest:
+    def _request(self, doc: Document, region: Region, with_mask: bool) -> JobRequest:
         tile = self.panel.tile or None
         return JobRequest(
             region.rgb,
@@ -155,6 +155,7 @@ class RestoreController(QObject):
             model=self.panel.model or None,
             tile=tile,
             ensemble=self.panel.ensemble,
+            transfer=doc.meta.transfer,
         )
 
     def analyze(self, quiet: bool = False) -> None:
@@ -165,7 +166,7 @@ class RestoreController(QObject):
             return
         doc, region = planned
         self.panel.analyze_button.setText("Analyzing…")
-        self._analyze_op = self.link.analyze(self._request(region, False), Target(doc, region, doc.history.index))
+        self._analyze_op = self.link.analyze(self._request(doc, region, False), Target(doc, region, doc.history.index))
 
     def schedule_auto_analyze(self) -> None:
         if self.panel.auto_analyze.isChecked() and self.link.info is not None:
@@ -188,7 +189,7 @@ class RestoreController(QObject):
         log.info("restoring %s (%s, experts %s)", what, region.sample, spec)
         self.panel.set_busy(True, "Waiting for the worker…")
         target = Target(doc, region, doc.history.index, label)
-        self._restore_op = self.link.restore(self._request(region, True), target)
+        self._restore_op = self.link.restore(self._request(doc, region, True), target)
 
     def cancel(self) -> None:
         if self._restore_op is not None or self._batch_op is not None:

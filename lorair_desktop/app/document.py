@@ -34,6 +34,7 @@ class ImageMeta:
     frames: int = 1  # frames or pages of the file it was opened from (only the first is open)
     converted: str = ""  # the file's colour model when converted on open ("CMYK"); the document is RGB
     caveat: str | None = None  # what the document does not hold of its file: never saved over it
+    transfer: str = "srgb"  # "linear" for a linear-light profile: the worker encodes it for the model
 
 
 class Document(QObject):
@@ -57,7 +58,7 @@ class Document(QObject):
         chans = [img.rgb] if img.alpha is None else [img.rgb, img.alpha[..., None]]
         pixels = from_float(np.concatenate(chans, axis=2), img.bit_depth)
         meta = ImageMeta(img.bit_depth, img.icc_profile, img.exif, img.source_format, dict(img.info), img.grey,
-                         img.frames, img.converted, img.caveat(path.name))
+                         img.frames, img.converted, img.caveat(path.name), img.transfer)
         return cls(pixels, meta, path)
 
     # --- geometry -------------------------------------------------------------------------------

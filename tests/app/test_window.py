@@ -365,9 +365,12 @@ def test_settings_persist(window, tmp_path: Path) -> None:
 def test_the_worker_request_uses_the_document_depth(window, tmp_path: Path) -> None:
     assert window.open_file(write(tmp_path / f"d{EXT}", 32, 24, bits=16))
     region = plan_region(window.doc, None, 0)
-    req = window.controller._request(region, True)
+    req = window.controller._request(window.doc, region, True)
     assert (req.order, req.sample, req.width, req.height, req.mask) == ("RGB", "u16", 32, 24, None)
     assert req.experts == ExpertSpec.auto() and len(memoryview(req.pixels).cast("B")) == 32 * 24 * 3 * 2
+    assert req.transfer == "srgb"
+    window.doc.meta.transfer = "linear"  # as opened from a file with a gamma-1.0 profile
+    assert window.controller._request(window.doc, region, True).header().transfer == "linear"
 
 
 def test_switching_to_a_model_that_cannot_load_keeps_the_working_one(window) -> None:

@@ -3,6 +3,7 @@
 import hashlib
 import io
 import json
+import struct
 from pathlib import Path
 
 import cv2
@@ -262,6 +263,50 @@ def test_cmyk_is_restored_in_srgb_and_never_written_over(small_model_path, tmp_p
     err = _bad(["restore", str(tmp_path / "w16.tif"), "-o", str(tmp_path / "w.png"), "--model",
                 str(small_model_path)], capsys)
     assert "16-bit MINISWHITE TIFF" in err
+
+
+def _icc_with_curve(space: bytes, tag: bytes, curve: bytes) -> bytes:
+    """A minimal ICC profile: the header's colour space and one tone-curve tag (all icc_transfer reads)."""
+    header = bytearray(128)
+    header[16:20] = space
+    table = struct.pack(">I4sII", 1, tag, 144, len(curve))
+    body = bytes(header) + table + curve
+    return struct.pack(">I", len(body)) + body[4:]
+
+
+@pytest.mark.parametrize("space, tag, curve, transfer", [
+    (b"RGB ", b"rTRC", b"curv" + bytes(4) + struct.pack(">IH", 1, 0x0100), "linear"),  # Krita's V2 g10
+    (b"GRAY", b"kTRC", b"curv" + bytes(4) + struct.pack(">I", 0), "linear"),  # the identity
+    (b"RGB ", b"rTRC", b"para" + bytes(4) + struct.pack(">HHi", 0, 0, 0x10000), "linear"),  # V4 g10
+    (b"RGB ", b"rTRC", b"curv" + bytes(4) + struct.pack(">IH", 1, 0x0233), "srgb"),  # gamma 2.2
+    (b"RGB ", b"rTRC", b"para" + bytes(4) + struct.pack(">HHi", 3, 0, 0x26666), "srgb"),  # the sRGB curve
+    (b"RGB ", b"rTRC", b"curv", "srgb"),  # cut short
+])
+def test_icc_transfer(space: bytes, tag: bytes, curve: bytes, transfer: str) -> None:
+    assert imageio.icc_transfer(_icc_with_curve(space, tag, curve)) == transfer
+    assert imageio.icc_transfer(imageio.SRGB_ICC) == "srgb" and imageio.icc_transfer(None) == "srgb"
+
+
+def test_a_linear_light_file_is_restored_on_its_srgb_encoding(small_model_path, tmp_path, capsys) -> None:
+    """A 16-bit PNG tagged with a gamma-1.0 profile: restoring it gives the linear version of what the
+    same picture, gamma-encoded, restores to; the profile is kept."""
+    from lorair_desktop.worker.pixels import srgb_decode, srgb_encode
+
+    rng = np.random.default_rng(4)
+    encoded = (rng.random((32, 40, 3)) * 0.8 + 0.1).astype(np.float32)
+    icc = _icc_with_curve(b"RGB ", b"rTRC", b"curv" + bytes(4) + struct.pack(">IH", 1, 0x0100))
+    imageio.write_image(tmp_path / "lin.png", srgb_decode(encoded), None, 16, icc)
+    lin = imageio.read_image(tmp_path / "lin.png")
+    assert lin.transfer == "linear" and lin.icc_profile == icc
+    imageio.write_image(tmp_path / "enc.png", srgb_encode(lin.rgb), None, 16)
+    m = ["--model", str(small_model_path), "-q"]
+    for name in ("lin", "enc"):
+        assert _run(["restore", str(tmp_path / f"{name}.png"), "-o", str(tmp_path / f"{name}-out.png"), *m],
+                    capsys)[0] == 0
+    got, ref = imageio.read_image(tmp_path / "lin-out.png"), imageio.read_image(tmp_path / "enc-out.png")
+    assert got.icc_profile == icc
+    np.testing.assert_allclose(got.rgb, srgb_decode(ref.rgb), atol=2e-3)
+    assert np.abs(got.rgb - lin.rgb).max() > 0.01  # the model did change it
 
 
 def test_jpeg_icc_and_exif_orientation(small_model_path, tmp_path, capsys) -> None:
