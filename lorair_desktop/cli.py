@@ -74,6 +74,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if not src.is_file():
         raise LoraIRError(f"{src} does not exist or is not a file")
     imageio.check_output_path(src, dst, args.force)
+    if not 1 <= args.quality <= 100:  # before the restore: the encoder would refuse it only after
+        raise LoraIRError(f"--quality {args.quality} is out of range", "use a quality from 1 to 100")
     img = imageio.read_image(src, max_pixels=args.max_pixels)
     caveat = img.caveat(src.name)
     if caveat:
@@ -175,7 +177,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     r.add_argument("--ensemble", type=int, choices=protocol.ENSEMBLES, default=1,
                    help="average this many flipped/turned passes: finer detail, that many times slower "
                         "(rain keeps to 4 passes)")
-    r.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality")
+    r.add_argument("--quality", type=int, default=95, help="JPEG, WebP, HEIF and AVIF quality (1-100)")
     r.add_argument("--force", action="store_true", help="allow overwriting an existing output")
     r.add_argument("--json", action="store_true", help="print the weights and timings as JSON")
     r.add_argument("-q", "--quiet", action="store_true")

@@ -3,14 +3,16 @@
 numpy + Pillow + OpenCV only (no torch, no Qt): the CLI, the worker tools and the app share it.
 - 8-bit and 16-bit per channel (16-bit PNG through OpenCV, 16-bit TIFF through tifffile, which keep
   the depth; Pillow reads 8-bit formats, EXIF orientation and the ICC profile);
-- alpha is split off and passed through untouched; palette images become RGB; CMYK is refused
-  (a correct conversion needs its ICC profile, and this one would be lossy);
+- alpha is split off and passed through untouched; palette images become RGB; CMYK is converted to
+  sRGB through its own profile (``converted`` says so: such a file is never written over);
 - grey images are restored as RGB (the network's input) and written back grey, with their own
   grey ICC profile (an RGB file never carries a grey profile: viewers reject or misrender it);
 - EXIF orientation is applied on read (pixels upright) and the tag dropped on write;
 - of an animation or a multi-page TIFF only the first frame is read; ``frames`` says how many there
   are, so callers can say so and never write one frame over the file that held them all;
-- ICC profiles are carried to PNG, JPEG, TIFF and WebP outputs.
+- ICC profiles are carried to PNG, JPEG, TIFF, WebP, HEIF and AVIF outputs;
+- phone photos: HEIF/HEIC (iPhones' default) through pillow-heif, 10- and 12-bit ones at 16 bits, and
+  AVIF through Pillow; both are written too (a 16-bit image to HEIF as 10-bit).
 """
 
 from __future__ import annotations
@@ -25,13 +27,42 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pillow_heif
 import tifffile
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from .atomic import replacing
 from .errors import ImageError
 
-WRITE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP"}
+pillow_heif.register_heif_opener()  # Pillow opens and saves HEIF/HEIC from here on, in every process
+
+
+@dataclass(frozen=True)
+class FileType:
+    """A kind of image file: the one table the CLI, the app's dialogs and batch all read."""
+
+    label: str
+    suffixes: tuple[str, ...]
+    writer: str | None  # Pillow's format name for writing; None: read only
+    lossy: bool = False  # takes a quality
+    sixteen_bit: bool = False  # keeps 16-bit pixels (HEIF as 10-bit)
+
+
+FILE_TYPES = (
+    FileType("PNG", (".png",), "PNG", sixteen_bit=True),
+    FileType("JPEG", (".jpg", ".jpeg"), "JPEG", lossy=True),
+    FileType("TIFF", (".tif", ".tiff"), "TIFF", sixteen_bit=True),
+    FileType("WebP", (".webp",), "WEBP", lossy=True),
+    FileType("HEIF", (".heic", ".heif"), "HEIF", lossy=True, sixteen_bit=True),
+    FileType("AVIF", (".avif",), "AVIF", lossy=True),
+    FileType("BMP", (".bmp",), None),
+    FileType("GIF", (".gif",), None),
+)
+READ_SUFFIXES = frozenset(s for t in FILE_TYPES for s in t.suffixes)
+WRITE_TYPES = tuple(t for t in FILE_TYPES if t.writer)
+WRITE_FORMATS = {s: t.writer for t in WRITE_TYPES for s in t.suffixes}
+_SIXTEEN_BIT = {t.writer for t in WRITE_TYPES if t.sixteen_bit}
+_LOSSY = {t.writer for t in WRITE_TYPES if t.lossy}
 DEFAULT_MAX_PIXELS = 200_000_000
 # tagged on what a CMYK file becomes, so viewers and editors read its colours as they were converted
 SRGB_ICC = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
@@ -105,7 +136,8 @@ def _read_image(path: Path, max_pixels: int) -> LoadedImage:
                 rgb, _, _ = _from_pil(rgb_im)
                 return LoadedImage(rgb, None, 8, SRGB_ICC, exif, fmt, {"converted_with_profile": profiled},
                                    frames=frames, converted="CMYK")
-            sixteen = mode in ("I;16", "I;16B", "I;16L", "I") or (fmt in ("PNG", "TIFF") and _is_16bit(path, im))
+            sixteen = (mode in ("I;16", "I;16B", "I;16L", "I") or (fmt in ("PNG", "TIFF") and _is_16bit(path, im))
+                       or (fmt == "HEIF" and int(im.info.get("bit_depth") or 8) > 8))
             if not sixteen:
                 im.load()
                 rgb, alpha, grey = _from_pil(ImageOps.exif_transpose(im))
@@ -120,10 +152,34 @@ def _read_image(path: Path, max_pixels: int) -> LoadedImage:
         raise ImageError(f"cannot read {path.name}: {exc}", "the file is damaged or not an image") from exc
     if fmt == "TIFF":  # never OpenCV: it scrambles planar RGB and drops grey's alpha without a word
         rgb, alpha, grey = _read_tiff(path, max_pixels).pixels()
+    elif fmt == "HEIF":  # 10/12-bit, as phones shoot HDR; libheif has turned it upright already
+        rgb, alpha, grey = _read_heif_deep(path)
     else:
         rgb, alpha, grey = _read_16bit(path)
     rgb, alpha = _orient(rgb, orientation), None if alpha is None else _orient(alpha, orientation)
     return LoadedImage(rgb, alpha, 16, icc, exif, fmt, grey=grey, frames=frames)
+
+
+def _read_heif_deep(path: Path) -> tuple[np.ndarray, np.ndarray | None, bool]:
+    """A 10- or 12-bit HEIF at full depth: pillow-heif hands the samples shifted up into 16 bits, so
+    they are shifted back and scaled by their own maximum (1023 is white, not 1023/1024 of it)."""
+    try:
+        heif = pillow_heif.open_heif(path, convert_hdr_to_8bit=False)
+        a = np.asarray(heif)
+        depth = int(heif.info.get("bit_depth") or 16)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ImageError(f"cannot read the {path.name} pixels: {exc}", "the file may be damaged") from exc
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.dtype == np.uint16 and 8 < depth < 16:
+        a = (a >> (16 - depth)).astype(np.float32) / ((1 << depth) - 1)
+    else:
+        a = a.astype(np.float32) / float(np.iinfo(a.dtype).max)
+    alpha = None
+    if a.shape[2] in (2, 4):
+        alpha, a = a[..., -1], a[..., :-1]
+    grey = a.shape[2] == 1
+    return np.ascontiguousarray(np.repeat(a, 3, axis=2) if grey else a), alpha, grey
 
 
 def _is_tiff(path: Path) -> bool:
@@ -316,20 +372,24 @@ def write_image(
     fmt = WRITE_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise ImageError(f"cannot write '{path.suffix}' files", f"use one of {', '.join(sorted(WRITE_FORMATS))}")
-    if bit_depth == 16 and fmt not in ("PNG", "TIFF"):
-        bit_depth = 8  # JPEG/WebP are 8-bit formats
+    if bit_depth == 16 and fmt not in _SIXTEEN_BIT:
+        bit_depth = 8  # JPEG, WebP and AVIF (as Pillow writes it) are 8-bit formats
     has_alpha = alpha is not None and fmt != "JPEG"
     rgb = np.clip(rgb, 0, 1)
     if grey:
         rgb = rgb.mean(axis=2, keepdims=True)
-        if fmt == "WEBP" or (bit_depth == 16 and has_alpha):  # grey + alpha at 16 bits: not readable back
+        # WebP holds only RGB; grey + alpha at 16 bits is not read back by Pillow, and HEIF stores
+        # grey + alpha, and grey at 10 bits, as RGB(A) anyway
+        if fmt == "WEBP" or (bit_depth == 16 and (has_alpha or fmt == "HEIF")) or (fmt == "HEIF" and has_alpha):
             rgb = np.repeat(rgb, 3, axis=2)
     chans = [rgb, np.clip(alpha, 0, 1)[..., None]] if has_alpha else [rgb]
     a = np.concatenate(chans, axis=2)
     if icc_colour_space(icc_profile) != ("GRAY" if rgb.shape[2] == 1 else "RGB"):
         icc_profile = None
     with replacing(path) as tmp:
-        if bit_depth == 16:
+        if bit_depth == 16 and fmt == "HEIF":
+            _write_heif_deep(tmp, a, icc_profile, exif, quality)
+        elif bit_depth == 16:
             _write_16bit(tmp, fmt, a, icc_profile)
         else:
             u8 = (a * 255.0 + 0.5).astype(np.uint8)
@@ -340,7 +400,7 @@ def write_image(
                 kw["icc_profile"] = icc_profile
             if exif:
                 kw["exif"] = upright_exif(exif)
-            if fmt in ("JPEG", "WEBP"):
+            if fmt in _LOSSY:
                 kw["quality"] = int(quality)
             if fmt == "TIFF":
                 kw["compression"] = "tiff_deflate"
@@ -373,6 +433,20 @@ def _write_16bit(tmp: Path, fmt: str, a: np.ndarray, icc: bytes | None) -> None:
         raise ImageError("could not encode a 16-bit PNG")
     data = buf.tobytes()
     tmp.write_bytes(_png_insert_iccp(data, icc) if icc else data)
+
+
+def _write_heif_deep(tmp: Path, a: np.ndarray, icc: bytes | None, exif: bytes | None, quality: int) -> None:
+    """16-bit RGB(A) as a 10-bit HEIF, the depth phones write (pillow-heif takes the samples in 16 bits
+    and keeps their top 10)."""
+    u16 = np.ascontiguousarray((a * 65535.0 + 0.5).astype(np.uint16))
+    mode = "RGBA;16" if u16.shape[2] == 4 else "RGB;16"
+    heif = pillow_heif.from_bytes(mode=mode, size=(u16.shape[1], u16.shape[0]), data=u16.tobytes())
+    kw: dict = {"quality": int(quality)}
+    if icc:
+        kw["icc_profile"] = icc
+    if exif:
+        kw["exif"] = upright_exif(exif)
+    heif.save(tmp, **kw)
 
 
 def _png_insert_iccp(png: bytes, icc: bytes) -> bytes:

@@ -36,8 +36,8 @@ from ..bridge.protocol import E_CANCELLED
 from ..errors import LoraIRError
 from .pixels import SAMPLE_OF_DTYPE, from_float, to_float
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp"}
-FORMATS = {"Same as input": "", "PNG": ".png", "JPEG": ".jpg", "TIFF": ".tif", "WebP": ".webp"}
+IMAGE_SUFFIXES = imageio.READ_SUFFIXES
+FORMATS = {"Same as input": ""} | {t.label: t.suffixes[0] for t in imageio.WRITE_TYPES}
 
 
 @dataclass

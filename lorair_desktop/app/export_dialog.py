@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from PySide6.QtWidgets import QComboBox, QDialog, QDialogButtonBox, QFormLayout, QSpinBox, QWidget
 
+from ..imageio import WRITE_TYPES
 from .document import SaveOptions
 
-EXPORT_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "TIFF": ".tif", "WebP": ".webp"}
-SIXTEEN_BIT = {"PNG", "TIFF"}
-LOSSY = {"JPEG", "WebP"}
+EXPORT_FORMATS = {t.label: t.suffixes[0] for t in WRITE_TYPES}
+SIXTEEN_BIT = {t.label for t in WRITE_TYPES if t.sixteen_bit}
+LOSSY = {t.label for t in WRITE_TYPES if t.lossy}
 
 
 class ExportDialog(QDialog):

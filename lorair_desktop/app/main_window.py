@@ -42,8 +42,8 @@ from .worker_link import ConnectConfig, LinkState, WorkerLink
 
 log = logging.getLogger("lorair_desktop.app")
 
-OPEN_FILTER = "Images (*.png *.jpg *.jpeg *.tif *.tiff *.webp *.bmp);;All files (*)"
-SAVE_FILTER = "PNG (*.png);;JPEG (*.jpg *.jpeg);;TIFF (*.tif *.tiff);;WebP (*.webp)"
+OPEN_FILTER = f"Images ({' '.join('*' + s for s in sorted(imageio.READ_SUFFIXES))});;All files (*)"
+SAVE_FILTER = ";;".join(f"{t.label} ({' '.join('*' + s for s in t.suffixes)})" for t in imageio.WRITE_TYPES)
 STATE_COLORS = {
     LinkState.IDLE: QColor(80, 200, 120),
     LinkState.BUSY: QColor(240, 180, 60),

@@ -24,6 +24,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
 from lorair_desktop.errors import LoraIRError
+from lorair_desktop.imageio import READ_SUFFIXES
 from lorair_desktop.training.degradations import (
     EXPERTS,
     degrade,
@@ -55,7 +56,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+IMAGE_EXTENSIONS = READ_SUFFIXES  # what imageio reads (its import lets Pillow open HEIF too)
 Image.MAX_IMAGE_PIXELS = 200_000_000  # big wallpapers are legitimate; still refuse absurd sizes
 
 
@@ -168,7 +169,7 @@ class ImageBank:
         if not paths:
             raise DatasetError(
                 f"no {split + ' ' if split else ''}images in {folder}",
-                "add images (jpg, png, tif, webp, bmp) or choose another split",
+                f"add images ({', '.join(sorted(s[1:] for s in IMAGE_EXTENSIONS))}) or choose another split",
             )
         return cls.from_paths(paths, max_side, root=folder)
 

@@ -81,3 +81,21 @@ def test_export_dialog_options() -> None:
     d.format_combo.setCurrentText("TIFF")
     d.depth_combo.setCurrentIndex(0)
     assert d.options().bit_depth == 8
+    d.format_combo.setCurrentText("HEIF")  # a phone's format: lossy, and 10 bits deep
+    d.depth_combo.setCurrentIndex(1)
+    assert d.suffix == ".heic" and d.quality_spin.isEnabled() and d.options().bit_depth == 16
+    d.format_combo.setCurrentText("AVIF")
+    assert d.suffix == ".avif" and d.quality_spin.isEnabled() and d.options().bit_depth == 8
+
+
+def test_open_save_and_batch_offer_phone_formats(tmp_path: Path) -> None:
+    from lorair_desktop.app import batch, main_window
+
+    assert "*.heic" in main_window.OPEN_FILTER and "*.avif" in main_window.OPEN_FILTER
+    assert "HEIF (*.heic *.heif)" in main_window.SAVE_FILTER and "AVIF (*.avif)" in main_window.SAVE_FILTER
+    for name in ("a.HEIC", "b.avif", "c.jpg", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in batch.list_images(tmp_path)] == ["a.HEIC", "b.avif", "c.jpg"]
+    out = tmp_path / "out"
+    out.mkdir()
+    assert batch.output_path(tmp_path / "a.HEIC", out, "").name == "a.heic"  # "Same as input" keeps HEIF

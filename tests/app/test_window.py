@@ -200,6 +200,21 @@ def test_save_and_export_read_back_equal(window, tmp_path: Path, bits: int, alph
     assert np.corrcoef(j.rgb.ravel(), ref.ravel())[0, 1] > 0.9  # lossy, but this image
 
 
+def test_a_ten_bit_phone_photo_restores_and_saves_as_heif_at_its_depth(window, tmp_path: Path) -> None:
+    src = write(tmp_path / "IMG_0002.heic", 80, 48, seed=8, bits=16)  # written as a 10-bit HEIF
+    before = src.read_bytes()
+    assert window.open_file(src)
+    doc = window.doc
+    assert doc.pixels.dtype == np.uint16 and "16-bit RGB · HEIF" in window.image_label.text()
+    window.select_all()
+    assert run_restore(window), window.message_bar.text
+    assert window.save() and doc.path == src and not doc.dirty  # Save keeps the phone's format
+    back = imageio.read_image(src)
+    assert back.source_format == "HEIF" and back.bit_depth == 16 and src.read_bytes() != before
+    restored = doc.pixels[..., :3] / 65535.0
+    assert np.corrcoef(back.rgb.ravel(), restored.ravel())[0, 1] > 0.9  # lossy, but what the window shows
+
+
 def test_a_multi_page_file_is_never_saved_over(window, tmp_path: Path) -> None:
     """A 3-page TIFF opens its first page with a warning; Save asks for a new name and the window
     refuses to write that one page over the file that holds all three."""

@@ -1,0 +1,138 @@
+"""Phone photos: HEIF/HEIC (the iPhone camera's format, 8 or 10 bits, turned by its own transform)
+and AVIF, read and written by `lorair restore`, the app's document and batch alike (imageio)."""
+
+from pathlib import Path
+
+import numpy as np
+import pillow_heif
+import pytest
+from PIL import Image, ImageCms
+
+from lorair_desktop import imageio
+from lorair_desktop.cli import main
+
+SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def _photo(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """Smooth colour ramps with a little grain: lossy codecs keep such content close."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w] / max(h, w)
+    rgb = np.stack([x, y, 0.5 + 0.4 * np.sin(6 * x + 3 * y)], axis=-1)
+    return np.clip(rgb + rng.normal(0, 0.01, rgb.shape), 0, 1)
+
+
+def _restore(src: Path, dst: Path, model: Path | str, capsys, *extra: str) -> str:
+    rc = main(["restore", str(src), "-o", str(dst), "--model", str(model), "-q", *extra])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    return err
+
+
+def test_an_iphone_like_heic_restores_upright_with_its_camera_data_and_profile(small_model_path, tmp_path,
+                                                                                 capsys) -> None:
+    pixels = (_photo(48, 64) * 255).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shot in portrait: pillow-heif stores it as the file's own rotation
+    exif[0x010F] = "LoRA-IR test phone"
+    src = tmp_path / "IMG_0001.HEIC"
+    Image.fromarray(pixels).save(src, format="HEIF", quality=95, exif=exif.tobytes(), icc_profile=SRGB)
+    before = src.read_bytes()
+
+    img = imageio.read_image(src)
+    assert (img.source_format, img.bit_depth, img.rgb.shape, img.icc_profile) == ("HEIF", 8, (64, 48, 3), SRGB)
+    upright = np.rot90(pixels, -1) / 255.0  # orientation 6: turned 90° clockwise to display
+    assert np.abs(img.rgb - upright).mean() < 3 / 255
+
+    dst = tmp_path / "IMG_0001-restored.heic"
+    _restore(src, dst, small_model_path, capsys)
+    out = Image.open(dst)
+    assert out.format == "HEIF" and out.size == (48, 64)  # written upright, not turned a second time
+    assert out.info.get("icc_profile") == SRGB
+    assert out.getexif().get(0x010F) == "LoRA-IR test phone" and out.getexif().get(0x0112, 1) == 1
+    assert src.read_bytes() == before
+
+
+def test_ten_bit_heic_is_read_and_written_at_full_depth(tmp_path, capsys) -> None:
+    """10-bit samples arrive shifted into 16 bits: white must read as 1.0 and a 10-bit ramp must keep
+    more than 256 levels through a restore to HEIF and to a 16-bit PNG."""
+    ramp = np.tile(np.arange(1024, dtype=np.uint16)[None, :, None], (16, 1, 3))  # every 10-bit level
+    ramp[:4] = 1023  # a white band
+    src = tmp_path / "hdr.heic"
+    heif = pillow_heif.from_bytes(mode="RGB;16", size=(1024, 16), data=(ramp << 6).tobytes())
+    heif.save(src, quality=-1, chroma=444)  # lossless: the levels read back exactly
+    img = imageio.read_image(src)
+    assert img.bit_depth == 16 and img.source_format == "HEIF"
+    assert np.array_equal(img.rgb[:4], np.ones((4, 1024, 3), np.float32))
+    assert np.allclose(img.rgb[4:], ramp[4:] / 1023.0, atol=1e-6)
+
+    backs = {}
+    for name in ("out.png", "out.heic"):  # the same restore, lossless and as a phone would keep it
+        _restore(src, tmp_path / name, "lorair-lite", capsys)  # the shipped model: a smooth result
+        backs[name] = back = imageio.read_image(tmp_path / name)
+        assert back.bit_depth == 16 and back.rgb.shape == img.rgb.shape
+        assert len(np.unique(back.rgb[8, :, 1])) > 256  # deeper than 8 bits
+    assert np.abs(backs["out.heic"].rgb - backs["out.png"].rgb).mean() < 0.01
+
+
+def test_a_16bit_image_written_to_heif_keeps_ten_bits(tmp_path) -> None:
+    rgb = np.tile(np.linspace(0, 1, 640, dtype=np.float32)[None, :, None], (8, 1, 3))
+    imageio.write_image(tmp_path / "g.heif", rgb, bit_depth=16, quality=100)
+    back = imageio.read_image(tmp_path / "g.heif")
+    assert back.bit_depth == 16 and len(np.unique(np.round(back.rgb[4, :, 0] * 1023))) > 400
+    imageio.write_image(tmp_path / "g8.heif", rgb, bit_depth=8)
+    assert imageio.read_image(tmp_path / "g8.heif").bit_depth == 8
+
+
+@pytest.mark.parametrize("ext", [".avif", ".heic"])
+def test_avif_and_heic_keep_alpha_and_take_the_quality(small_model_path, tmp_path, capsys, ext) -> None:
+    rgb = (_photo(40, 56, seed=2) * 255).astype(np.uint8)
+    alpha = np.tile(np.linspace(0, 255, 56).astype(np.uint8), (40, 1))
+    src = tmp_path / f"in{ext}"
+    Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(src, quality=95)
+    read = imageio.read_image(src)
+    assert read.alpha is not None and np.abs(read.alpha - alpha / 255.0).mean() < 3 / 255
+    sizes = {}
+    for q in (30, 95):
+        dst = tmp_path / f"q{q}{ext}"
+        _restore(src, dst, small_model_path, capsys, "--quality", str(q))
+        back = imageio.read_image(dst)
+        assert back.source_format == imageio.WRITE_FORMATS[ext] and back.alpha is not None
+        assert np.abs(back.alpha - read.alpha).mean() < 3 / 255  # alpha passes through the restore
+        sizes[q] = dst.stat().st_size
+    assert sizes[30] < sizes[95]
+    for bad in ("0", "101"):  # refused before the restore, with the range to use
+        rc = main(["restore", str(src), "-o", str(tmp_path / f"bad{ext}"), "--model", str(small_model_path),
+                   "--quality", bad])
+        assert rc != 0 and "use a quality from 1 to 100" in capsys.readouterr().err
+        assert not (tmp_path / f"bad{ext}").exists()
+
+
+def test_a_heic_with_several_images_is_never_written_over(small_model_path, tmp_path, capsys) -> None:
+    frames = [Image.fromarray((_photo(32, 32, seed=i) * 255).astype(np.uint8)) for i in range(2)]
+    src = tmp_path / "burst.heic"
+    frames[0].save(src, format="HEIF", save_all=True, append_images=frames[1:])
+    before = src.read_bytes()
+    err = _restore(src, tmp_path / "one.heic", small_model_path, capsys)
+    assert "burst.heic holds 2 frames or pages; only the first is restored" in err
+    rc = main(["restore", str(src), "-o", str(src), "--force", "--model", str(small_model_path)])
+    assert rc != 0 and "would lose what it holds" in capsys.readouterr().err and src.read_bytes() == before
+
+
+def test_a_damaged_heic_gets_one_clear_error(small_model_path, tmp_path, capsys) -> None:
+    good = tmp_path / "good.heic"
+    Image.fromarray((_photo(64, 64) * 255).astype(np.uint8)).save(good, format="HEIF")
+    bad = tmp_path / "cut.heic"
+    bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    rc = main(["restore", str(bad), "-o", str(tmp_path / "o.png"), "--model", str(small_model_path)])
+    err = capsys.readouterr().err
+    assert rc != 0 and err.startswith("error: cannot read cut.heic") and "Traceback" not in err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_one_table_of_file_types() -> None:
+    """Every suffix that can be written can be read, and the writers are what Pillow saves."""
+    assert set(imageio.WRITE_FORMATS) <= imageio.READ_SUFFIXES
+    assert {".heic", ".heif", ".avif"} <= set(imageio.WRITE_FORMATS)
+    Image.init()
+    assert set(imageio.WRITE_FORMATS.values()) <= set(Image.SAVE)
