@@ -64,18 +64,97 @@ class _Progress:
                   end="" if done < total else "\n", file=sys.stderr, flush=True)
 
 
-def cmd_restore(args: argparse.Namespace) -> int:
+def restore_jobs(inputs: list[str], output: str, force: bool, suffix: str = "") -> list[tuple[Path, Path]]:
+    """(input, output) pairs, every one checked before anything is restored: one file to ``-o FILE``,
+    or files and folders (their images, not recursive) to ``-o FOLDER``, made if missing, each
+    result named after its input (``imageio.output_name``). An input is never written over there."""
     from . import imageio
+
+    paths, out = [Path(p) for p in inputs], Path(output)
+    if suffix:
+        suffix = "." + suffix.lower().lstrip(".")
+        if suffix not in imageio.WRITE_FORMATS:
+            raise LoraIRError(f"cannot write '{suffix}' files",
+                              f"use one of {', '.join(sorted(s[1:] for s in imageio.WRITE_FORMATS))}")
+    if len(paths) == 1 and not paths[0].is_dir() and not out.is_dir():
+        if not paths[0].is_file():
+            raise LoraIRError(f"{paths[0]} does not exist or is not a file")
+        if suffix:
+            raise LoraIRError("--format names the format of results in an output folder",
+                              f"give -o a folder, or write the suffix in the file name ({out.stem}{suffix})")
+        imageio.check_output_path(paths[0], out, force)
+        return [(paths[0], out)]
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            files += imageio.list_images(p)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise LoraIRError(f"{p} does not exist or is not a file")
+    if not files:
+        raise LoraIRError(f"no images in {', '.join(inputs)}",
+                          f"looked for {', '.join(sorted(imageio.READ_SUFFIXES))}")
+    if out.exists() and not out.is_dir():
+        raise LoraIRError(f"{out} is a file, and {len(files)} images need an output folder", "give -o a folder")
+    sources = {f.resolve(): f for f in files}
+    jobs: list[tuple[Path, Path]] = []
+    taken: dict[Path, Path] = {}
+    for src in files:
+        dst = out / imageio.output_name(src, suffix)
+        key = dst.resolve()
+        if key in sources:
+            raise LoraIRError(f"the result of {src} would replace the input {sources[key]}",
+                              "choose another output folder (originals are never written over)")
+        if key in taken:
+            raise LoraIRError(f"{taken[key]} and {src} would both be written to {dst}",
+                              "restore them to separate folders, or rename one")
+        taken[key] = src
+        if dst.exists() and not force:
+            raise LoraIRError(f"{dst} already exists", "choose another output folder or add --force")
+        jobs.append((src, dst))
+    out.mkdir(parents=True, exist_ok=True)
+    return jobs
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
     from .core import Restorer, load_model
     from .core.routing import parse_experts_arg
-    from .worker import pixels
 
-    src, dst = Path(args.input), Path(args.output)
-    if not src.is_file():
-        raise LoraIRError(f"{src} does not exist or is not a file")
-    imageio.check_output_path(src, dst, args.force)
     if not 1 <= args.quality <= 100:  # before the restore: the encoder would refuse it only after
         raise LoraIRError(f"--quality {args.quality} is out of range", "use a quality from 1 to 100")
+    jobs = restore_jobs(args.input, args.output, args.force, args.format)
+    if len(jobs) == 1 and not Path(args.output).is_dir():  # one file: it is read before the model loads
+        loaded = _read_for_restore(*jobs[0], args)
+        model = load_model(args.model)
+        overrides, keep = parse_experts_arg(args.experts, model.experts)
+        restorer = Restorer(model, device=args.device, precision=args.precision)
+        report = _restore_file(restorer, overrides, keep, loaded, *jobs[0], args)
+        if args.json:
+            print(json.dumps(report, indent=2))
+        return 0
+    model = load_model(args.model)
+    overrides, keep = parse_experts_arg(args.experts, model.experts)
+    restorer = Restorer(model, device=args.device, precision=args.precision)
+    reports, failed = [], []
+    for src, dst in jobs:
+        try:
+            reports.append(_restore_file(restorer, overrides, keep, _read_for_restore(src, dst, args), src, dst,
+                                         args))
+        except LoraIRError as exc:  # one damaged photo does not stop the others
+            failed.append(src)
+            reports.append({"input": str(src), "error": exc.message, "hint": exc.hint})
+            print(f"error: {src}: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""), file=sys.stderr)
+    if args.json:
+        print(json.dumps(reports, indent=2))
+    print(f"{len(jobs) - len(failed)} restored, {len(failed)} failed, into {args.output}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _read_for_restore(src: Path, dst: Path, args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The image, with a note on what the result cannot hold of it (and a refusal to write over it)."""
+    from . import imageio
+
     img = imageio.read_image(src, max_pixels=args.max_pixels)
     caveat = img.caveat(src.name)
     if caveat:
@@ -83,9 +162,14 @@ def cmd_restore(args: argparse.Namespace) -> int:
             raise LoraIRError(f"{caveat}: writing the result over it would lose what it holds",
                               "write the output to another file")
         print(f"note: {caveat}", file=sys.stderr)
-    model = load_model(args.model)
-    overrides, keep = parse_experts_arg(args.experts, model.experts)
-    restorer = Restorer(model, device=args.device, precision=args.precision)
+    return img
+
+
+def _restore_file(restorer, overrides, keep, img, src: Path, dst: Path,  # type: ignore[no-untyped-def]
+                  args: argparse.Namespace) -> dict:
+    from . import imageio
+    from .worker import pixels
+
     t0 = time.perf_counter()
     tiling = {"tile": args.tile} | ({} if args.overlap is None else {"overlap": args.overlap})
     model_in, spill = pixels.for_model(img.rgb, img.transfer)  # linear light: on its sRGB encoding
@@ -94,18 +178,15 @@ def cmd_restore(args: argparse.Namespace) -> int:
     imageio.write_image(dst, pixels.from_model(res.image, img.transfer, spill), img.alpha, img.bit_depth,
                         img.icc_profile, quality=args.quality,
                         exif=img.exif, grey=img.grey)
-    if args.json:
-        print(json.dumps({"output": str(dst), "router_weights": res.router_weights,
-                          "applied_weights": res.applied_weights, "tiles": res.tiles, "timings": res.timings,
-                          "ensemble": res.ensemble, "prior_steered": res.prior_steered,
-                          "device": str(restorer.device)}, indent=2))
-    elif not args.quiet:
+    if not args.quiet and not args.json:
         applied = ", ".join(f"{k} {v:.2f}" for k, v in res.applied_weights.items() if v > 0) or "none (base network)"
         passes = f" x{res.ensemble} passes" if res.ensemble > 1 else ""
         steered = " (the prior steered to this mix)" if res.prior_steered else ""
         print(f"{dst}: applied {applied}{steered}; {res.tiles} tile(s){passes} on {restorer.device}, "
               f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    return 0
+    return {"input": str(src), "output": str(dst), "router_weights": res.router_weights,
+            "applied_weights": res.applied_weights, "tiles": res.tiles, "timings": res.timings,
+            "ensemble": res.ensemble, "prior_steered": res.prior_steered, "device": str(restorer.device)}
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -167,8 +248,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         sp.add_argument("--max-pixels", type=int, default=200_000_000, help="refuse larger images")
 
     r = sub.add_parser("restore", help="restore an image file")
-    r.add_argument("input")
-    r.add_argument("-o", "--output", required=True)
+    r.add_argument("input", nargs="+", help="an image file; or several files and folders, with -o a folder")
+    r.add_argument("-o", "--output", required=True, help="the output file; or a folder (made if missing)")
+    r.add_argument("--format", default="", metavar="EXT",
+                   help="with -o a folder: write every result in this format, e.g. png or heic (default: each "
+                        "input's own where it can be written, else png)")
     common(r)
     r.add_argument("--experts", default="auto", help="auto | name=w,... | auto,name=w (router's mix, edited)")
     r.add_argument("--tile", type=int, default=None, help="tile side in pixels (default: automatic)")

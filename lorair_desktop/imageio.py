@@ -337,6 +337,19 @@ def _orient(a: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(op(a)) if op else a
 
 
+def list_images(folder: Path) -> list[Path]:
+    """The image files directly in ``folder`` that can be read (hidden ones left out), sorted by name."""
+    return sorted(p for p in Path(folder).iterdir()
+                  if p.is_file() and p.suffix.lower() in READ_SUFFIXES and not p.name.startswith("."))
+
+
+def output_name(src: Path, suffix: str = "") -> str:
+    """The file name a restore of ``src`` gets in an output folder: its own format where it can be
+    written, else PNG, or ``suffix`` (".png", ...) when one is asked for."""
+    own = src.suffix.lower()
+    return f"{src.stem}{suffix or (own if own in WRITE_FORMATS else '.png')}"
+
+
 def check_output_path(src: Path | None, dst: Path, force: bool) -> str:
     """The format for dst; refuses to overwrite the input (or anything) without force."""
     fmt = WRITE_FORMATS.get(dst.suffix.lower())

@@ -36,7 +36,6 @@ from ..bridge.protocol import E_CANCELLED
 from ..errors import LoraIRError
 from .pixels import SAMPLE_OF_DTYPE, from_float, to_float
 
-IMAGE_SUFFIXES = imageio.READ_SUFFIXES
 FORMATS = {"Same as input": ""} | {t.label: t.suffixes[0] for t in imageio.WRITE_TYPES}
 
 
@@ -81,16 +80,12 @@ class BatchSummary:
         return "\n".join(lines)
 
 
-def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
 def output_path(src: Path, out_dir: Path, suffix: str) -> Path:
-    ext = suffix or (src.suffix.lower() if src.suffix.lower() in imageio.WRITE_FORMATS else ".png")
-    path = out_dir / f"{src.stem}{ext}"
+    """Never an existing file: a free name with -1, -2, ... added."""
+    path = out_dir / imageio.output_name(src, suffix)
     n = 1
     while path.exists():
-        path = out_dir / f"{src.stem}-{n}{ext}"
+        path = out_dir / f"{src.stem}-{n}{path.suffix}"
         n += 1
     return path
 
@@ -218,9 +213,9 @@ class BatchDialog(QDialog):
     def _start(self) -> None:
         src, dst = Path(self.input_edit.text()).expanduser(), Path(self.output_edit.text()).expanduser()
         problem = check_folders(src, dst)
-        files = list_images(src) if problem is None else []
+        files = imageio.list_images(src) if problem is None else []
         if problem is None and not files:
-            problem = f"no images in {src} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
+            problem = f"no images in {src} (looked for {', '.join(sorted(imageio.READ_SUFFIXES))})"
         if problem:
             self.summary.setPlainText(problem)
             return

@@ -89,13 +89,14 @@ def test_export_dialog_options() -> None:
 
 
 def test_open_save_and_batch_offer_phone_formats(tmp_path: Path) -> None:
+    from lorair_desktop import imageio
     from lorair_desktop.app import batch, main_window
 
     assert "*.heic" in main_window.OPEN_FILTER and "*.avif" in main_window.OPEN_FILTER
     assert "HEIF (*.heic *.heif)" in main_window.SAVE_FILTER and "AVIF (*.avif)" in main_window.SAVE_FILTER
-    for name in ("a.HEIC", "b.avif", "c.jpg", "notes.txt"):
+    for name in ("a.HEIC", "b.avif", "c.jpg", "notes.txt", "._c.jpg"):  # the last: a macOS resource fork
         (tmp_path / name).write_bytes(b"")
-    assert [p.name for p in batch.list_images(tmp_path)] == ["a.HEIC", "b.avif", "c.jpg"]
+    assert [p.name for p in imageio.list_images(tmp_path)] == ["a.HEIC", "b.avif", "c.jpg"]
     out = tmp_path / "out"
     out.mkdir()
     assert batch.output_path(tmp_path / "a.HEIC", out, "").name == "a.heic"  # "Same as input" keeps HEIF
