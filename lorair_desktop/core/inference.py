@@ -7,6 +7,7 @@ caller's business (see imageio).
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -27,6 +28,8 @@ from .router import context_boxes, quadrant_boxes
 from .routing import apply_overrides, steer_prior
 from .tiling import balanced_length, plan_tiles, tile_profiles
 
+log = logging.getLogger(__name__)
+
 # (tiles done, tiles): fractional within a tile that runs several passes (self-ensemble), so a
 # one-tile restore of 8 passes still moves.
 ProgressFn = Callable[[float, int], None]
@@ -46,6 +49,7 @@ CPU_BUDGET_MB = 400
 # Tiled vs whole-image on a real 1 MP photo (shipped model, noise σ25): 68 dB apart at 16 px of
 # overlap, 75 dB at 48 px, identical PSNR to the clean photo. 16 px recomputes 9 % instead of 31 %.
 DEFAULT_OVERLAP = 16
+OOM_TILE_MIN = 256  # the smallest tile an out-of-memory restore retries with (see Restorer._smaller_tile)
 _OUT_ROWS = 64  # output rows converted at a time
 
 # Self-ensemble: the restore averaged over flipped and turned copies of each tile (quarter turns,
@@ -238,6 +242,19 @@ class Restorer:
         tile = max(4 * m, tile // m * m)
         return tile
 
+    def _smaller_tile(self, tile: int) -> int:
+        """After the device ran out of memory on tiles of ``tile``: half the side (a quarter of the
+        memory), down to OOM_TILE_MIN, the freed cache given back first. Another program (Krita's
+        canvas, a game, a second model) can take GPU memory between the budget's reading and the
+        restore, and a user's own --tile may simply be too big for the card."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        elif self.device.type == "mps":
+            torch.mps.empty_cache()
+        smaller = max(OOM_TILE_MIN, tile // 2 // self.model.cfg.pad_multiple * self.model.cfg.pad_multiple)
+        log.warning("out of %s memory on tiles of %d px: trying again with %d px", self.device.type, tile, smaller)
+        return smaller
+
     def _free_memory_mb(self) -> int:
         if self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
@@ -286,8 +303,15 @@ class Restorer:
             try:
                 buffers = img.nbytes + h * w * 3 * np.dtype(out_dtype or np.float32).itemsize
                 tile_size = tile or self.auto_tile(h, w, buffers)
-                out, n, used = self._run_tiles(img, prior, tile_size, overlap, progress, cancel,
-                                               np.dtype(out_dtype or np.float32), passes)
+                while True:
+                    try:
+                        out, n, used = self._run_tiles(img, prior, tile_size, overlap, progress, cancel,
+                                                       np.dtype(out_dtype or np.float32), passes)
+                        break
+                    except torch.OutOfMemoryError:
+                        if tile_size <= OOM_TILE_MIN:
+                            raise  # for the caller to report (the worker: E_OUT_OF_MEMORY)
+                        tile_size = self._smaller_tile(tile_size)
             finally:
                 self.model.unmerge()
             t2 = time.perf_counter()

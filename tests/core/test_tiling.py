@@ -212,3 +212,41 @@ def test_self_ensemble_averages_flipped_and_turned_passes(small_model) -> None:
     for bad in (0, 3, 16):
         with pytest.raises(LoraIRError, match="ensemble"):
             r.restore(img, ensemble=bad)
+
+
+def test_out_of_memory_retries_with_smaller_tiles(small_model, monkeypatch) -> None:
+    """A device that cannot hold a tile (another program took the GPU's memory, or --tile was too big)
+    is retried at half the side until OOM_TILE_MIN; the result is the one those tiles give."""
+    import torch
+
+    from lorair_desktop.core.inference import OOM_TILE_MIN
+
+    r = Restorer(small_model, "cpu", precision="fp32")
+    img = _image(300, 560)
+    ref = r.restore(img, tile=OOM_TILE_MIN)
+    real = r._forward
+    sides: list[int] = []
+
+    def forward(x, prior, dtype):  # type: ignore[no-untyped-def]
+        sides.append(max(x.shape[-2:]))
+        if max(x.shape[-2:]) > OOM_TILE_MIN:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(x, prior, dtype)
+
+    monkeypatch.setattr(r, "_forward", forward)
+    seen: list[tuple[float, int]] = []
+    res = r.restore(img, tile=1024, progress=lambda i, n: seen.append((i, n)))
+    assert res.tile_size == OOM_TILE_MIN and res.tiles == ref.tiles > 1
+    assert np.abs(res.image - ref.image).max() < 1e-5  # oneDNN's kernels may round the last bit apart
+    # the whole image (tile 1024) failed, then a tile of 512, then tiles of at most 256 went through
+    assert sides[0] > 512 and OOM_TILE_MIN < sides[1] <= 512 and max(sides[2:]) <= OOM_TILE_MIN
+    assert seen[-1] == (ref.tiles, ref.tiles)  # the progress ends at the plan that ran
+
+    def no_memory(x, prior, dtype):  # type: ignore[no-untyped-def]
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(r, "_forward", no_memory)
+    with pytest.raises(torch.OutOfMemoryError):  # not even the smallest tile: the caller reports it
+        r.restore(img, tile=1024)
+    monkeypatch.setattr(r, "_forward", real)
+    assert np.abs(r.restore(img, tile=OOM_TILE_MIN).image - ref.image).max() < 1e-5  # the experts were unmerged
