@@ -11,8 +11,9 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 from PySide6.QtCore import QByteArray, Qt, QTimer
-from PySide6.QtGui import QCloseEvent, QColor, QDragEnterEvent, QDropEvent
+from PySide6.QtGui import QCloseEvent, QColor, QDragEnterEvent, QDropEvent, QGuiApplication
 from PySide6.QtWidgets import (
     QDockWidget,
     QFileDialog,
@@ -30,13 +31,14 @@ from . import icons
 from .batch import BatchDialog
 from .canvas import Canvas, Tool
 from .controller import RestoreController
-from .document import Document, SaveOptions
+from .document import Document, ImageMeta, SaveOptions
 from .export_dialog import ExportDialog
 from .log_view import FileTail, LogView
 from .menus import APP_NAME, WindowMenus
 from .message_bar import MessageBar
+from .pixels import from_qimage, max_value, to_qimage
 from .restore_panel import RestorePanel
-from .selection import Selection
+from .selection import Selection, bbox
 from .settings import Settings
 from .worker_link import ConnectConfig, LinkState, WorkerLink
 
@@ -324,6 +326,44 @@ class MainWindow(WindowMenus):
         if self.doc is not None and not self.controller.busy:
             self.doc.redo()
 
+    def copy_image(self) -> bool:
+        """The selection's bounding box as it is now (pixels outside a non-rectangular selection made
+        transparent, as editors copy it), or the whole image, onto the clipboard at the document's depth."""
+        doc = self.doc
+        if doc is None:
+            return False
+        mask = self.selection.mask if self.selection is not None else None
+        box = bbox(mask) if mask is not None else None
+        x, y, x1, y1 = box if box is not None else (0, 0, doc.width, doc.height)
+        w, h = x1 - x, y1 - y
+        pixels = doc.pixels[y : y + h, x : x + w]
+        if mask is not None and (mask[y : y + h, x : x + w] < 255).any():
+            cover = mask[y : y + h, x : x + w].astype(np.uint32) * int(max_value(pixels.dtype)) // 255
+            alpha = pixels[..., 3] if doc.has_alpha else np.full((h, w), max_value(pixels.dtype), pixels.dtype)
+            pixels = np.dstack([pixels[..., :3], np.minimum(alpha, cover).astype(pixels.dtype)])
+        QGuiApplication.clipboard().setImage(to_qimage(pixels))
+        self.statusBar().showMessage(f"Copied {w}×{h} px", 4000)
+        return True
+
+    def paste_image(self) -> bool:
+        """The clipboard's image as a new, untitled image (Save asks for a name); the current one is
+        kept unless it may be replaced (maybe_discard)."""
+        img = QGuiApplication.clipboard().image()
+        if img.isNull() or img.width() < 1 or img.height() < 1:
+            self.show_message("warning", "The clipboard holds no image.",
+                              "Copy an image in another program first (or take a screenshot).")
+            return False
+        if self.controller.busy:
+            self.show_message("warning", "A restore is running.", "Cancel it (Esc) before pasting an image.")
+            return False
+        if not self.maybe_discard():
+            return False
+        pixels = from_qimage(img)
+        self.set_document(Document(pixels, ImageMeta(16 if pixels.dtype == np.uint16 else 8, source_format="clipboard")))
+        log.info("pasted a %d×%d image from the clipboard (%d-bit)", img.width(), img.height(),
+                 self.doc.meta.bit_depth if self.doc else 8)
+        return True
+
     def select_all(self) -> None:
         if self.selection is not None:
             self.selection.select_all()
@@ -426,6 +466,7 @@ class MainWindow(WindowMenus):
             self.act_save_as,
             self.act_export,
             self.act_close,
+            self.act_copy,
             self.act_select_all,
             self.act_invert,
             self.act_select_none,

@@ -54,6 +54,10 @@ class WindowMenus(QMainWindow):
         self.act_undo.setIcon(st.standardIcon(QStyle.StandardPixmap.SP_ArrowBack))
         self.act_redo = self._action("&Redo", self.redo, ["Ctrl+Shift+Z", "Ctrl+Y"])
         self.act_redo.setIcon(st.standardIcon(QStyle.StandardPixmap.SP_ArrowForward))
+        self.act_copy = self._action("&Copy", self.copy_image, sk.Copy,
+                                     tip="Copy the selection (or the whole image) as it is now, at its depth")
+        self.act_paste = self._action("&Paste as New Image", self.paste_image, sk.Paste,
+                                      tip="Open the image on the clipboard (a screenshot, a copy from an editor)")
         self.act_select_all = self._action("Select &All", self.select_all, sk.SelectAll)
         self.act_select_none = self._action("&Deselect", self.select_none, ["Ctrl+D", "Ctrl+Shift+A"])
         self.act_invert = self._action("&Invert Selection", self.invert_selection, "Ctrl+Shift+I")
@@ -136,6 +140,9 @@ class WindowMenus(QMainWindow):
         m = mb.addMenu("&Edit")
         m.addAction(self.act_undo)
         m.addAction(self.act_redo)
+        m.addSeparator()
+        m.addAction(self.act_copy)
+        m.addAction(self.act_paste)
         m = mb.addMenu("&Select")
         for a in (self.act_select_all, self.act_select_none, self.act_invert):
             m.addAction(a)

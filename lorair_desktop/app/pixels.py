@@ -65,3 +65,38 @@ def rgba_array(img: QImage) -> np.ndarray:
     """A copy of any QImage as (H, W, 4) uint8 RGBA (for tests and screenshots)."""
     conv = img.convertToFormat(QImage.Format.Format_RGBA8888)
     return qimage2ndarray.byte_view(conv).copy()
+
+
+def to_qimage(pixels: np.ndarray) -> QImage:
+    """(H, W, 3|4) uint8 or uint16 pixels as a QImage holding its own copy, at their depth: RGBA8888 or
+    RGBA64 (Qt's 16-bit format, so a 16-bit photo reaches another program's paste at 16 bits)."""
+    h, w = pixels.shape[:2]
+    deep = pixels.dtype == np.uint16
+    rgba = np.empty((h, w, 4), pixels.dtype)
+    rgba[..., :3] = pixels[..., :3]
+    rgba[..., 3] = pixels[..., 3] if pixels.shape[2] == 4 else np.iinfo(pixels.dtype).max
+    if pixels.shape[2] == 4:
+        fmt = QImage.Format.Format_RGBA64 if deep else QImage.Format.Format_RGBA8888
+    else:  # no alpha channel: a paste elsewhere gets an opaque image, not one with an alpha to ignore
+        fmt = QImage.Format.Format_RGBX64 if deep else QImage.Format.Format_RGBX8888
+    img = QImage(w, h, fmt)
+    view = qimage2ndarray.raw_view(img) if deep else qimage2ndarray.byte_view(img)
+    if deep:  # raw_view of RGBA64 is (H, W) uint64: see it as 4 uint16 per pixel (native order)
+        view = view.view(np.uint16).reshape(h, w, 4)
+    view[...] = rgba
+    return img
+
+
+def from_qimage(img: QImage) -> np.ndarray:
+    """Any QImage as (H, W, 3|4) pixels: uint16 where its format holds more than 8 bits a channel, else
+    uint8; alpha only where the image has an alpha channel."""
+    deep = img.depth() > 32  # RGBA64, RGBX64, RGBA16FPx4, RGBA32FPx4: 16 or more bits a channel
+    # the converted image must outlive the copy out of its view (a view does not keep it alive)
+    conv = img.convertToFormat(QImage.Format.Format_RGBA64 if deep else QImage.Format.Format_RGBA8888)
+    if deep:
+        a = qimage2ndarray.raw_view(conv).view(np.uint16).reshape(conv.height(), conv.width(), 4).copy()
+    else:
+        a = qimage2ndarray.byte_view(conv).copy()
+    # screenshots arrive as ARGB32 with every pixel opaque: that alpha carries nothing
+    opaque = not img.hasAlphaChannel() or bool((a[..., 3] == np.iinfo(a.dtype).max).all())
+    return np.ascontiguousarray(a[..., :3]) if opaque else a

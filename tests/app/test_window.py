@@ -16,6 +16,7 @@ from lorair_desktop.app.document import SaveOptions
 from lorair_desktop.app.main_window import MainWindow
 from lorair_desktop.app.pixels import rgba_array
 from lorair_desktop.app.region import plan_region
+from lorair_desktop.app.selection import bbox
 from lorair_desktop.bridge import ExpertSpec, JobRequest, JobStatus
 
 from .conftest import make_photo, process_until
@@ -400,3 +401,50 @@ def test_switching_to_a_model_that_cannot_load_keeps_the_working_one(window) -> 
     assert window.message_bar.kind == "error" and window.message_bar.hint.text()
     assert process_until(lambda: combo.currentData() == current, 10)  # back to what the worker really has
     assert window.link.info.model.state == "ready" and window.panel.restore_button.isEnabled()
+
+
+def test_paste_restore_and_copy_back_through_the_clipboard(window, tmp_path: Path) -> None:
+    """A screenshot pasted as a new image, restored, and copied back at its depth: the whole image, a
+    rectangle as it is, an ellipse with transparent corners; Save asks for a name."""
+    from PySide6.QtGui import QGuiApplication, QImage
+
+    from lorair_desktop.app.pixels import from_qimage, to_qimage
+
+    clip = QGuiApplication.clipboard()
+    clip.setImage(QImage())
+    assert not window.paste_image() and "no image" in window.message_bar.text and window.doc is None
+    shot = (make_photo(90, 60, seed=9) * 255 + 0.5).astype(np.uint8)
+    argb = to_qimage(shot).convertToFormat(QImage.Format.Format_ARGB32)  # as screenshots come: opaque ARGB
+    clip.setImage(argb)
+    assert window.paste_image() and window.doc is not None and window.doc.path is None
+    doc = window.doc
+    assert np.array_equal(doc.pixels, shot) and not doc.has_alpha  # the opaque alpha left out
+    assert "8-bit RGB · clipboard" in window.image_label.text()
+    window.select_all()
+    assert run_restore(window), window.message_bar.text
+    assert doc.dirty and not np.array_equal(doc.pixels, shot)
+
+    assert window.copy_image()
+    assert np.array_equal(from_qimage(clip.image()), doc.pixels)  # what the window shows now
+    drag(window, Tool.RECT, (10, 5), (50, 35))
+    x0, y0, x1, y1 = bbox(window.selection.mask)
+    assert window.copy_image()
+    assert np.array_equal(from_qimage(clip.image()), doc.pixels[y0:y1, x0:x1])
+    drag(window, Tool.ELLIPSE, (10, 5), (50, 35))
+    x0, y0, x1, y1 = bbox(window.selection.mask)
+    assert window.copy_image()
+    got = from_qimage(clip.image())
+    inside = window.selection.mask[y0:y1, x0:x1] == 255
+    assert got.shape == (y1 - y0, x1 - x0, 4) and got[0, 0, 3] == 0 and (got[..., 3][inside] == 255).all()
+    assert np.array_equal(got[..., :3][inside], doc.pixels[y0:y1, x0:x1][inside])
+
+    out = tmp_path / "pasted.png"
+    asked: list[Path] = []
+    window.ask_save_path = lambda title, suggested: asked.append(suggested) or out  # type: ignore[method-assign]
+    assert window.save() and asked and window.doc.path == out  # an untitled image: Save went to Save As
+    assert np.array_equal(np.round(imageio.read_image(out).rgb * 255), doc.pixels.astype(np.float64))
+
+    deep = (make_photo(40, 30, seed=10) * 65535 + 0.5).astype(np.uint16)
+    clip.setImage(to_qimage(deep))  # a 16-bit copy from another editor keeps its depth
+    assert window.paste_image() and window.doc.pixels.dtype == np.uint16
+    assert np.array_equal(window.doc.pixels, deep)
