@@ -359,9 +359,9 @@ class MainWindow(WindowMenus):
         if not self.maybe_discard():
             return False
         pixels = from_qimage(img)
-        self.set_document(Document(pixels, ImageMeta(16 if pixels.dtype == np.uint16 else 8, source_format="clipboard")))
-        log.info("pasted a %d×%d image from the clipboard (%d-bit)", img.width(), img.height(),
-                 self.doc.meta.bit_depth if self.doc else 8)
+        bits = 16 if pixels.dtype == np.uint16 else 8
+        self.set_document(Document(pixels, ImageMeta(bits, source_format="clipboard")))
+        log.info("pasted a %d×%d image from the clipboard (%d-bit)", img.width(), img.height(), bits)
         return True
 
     def select_all(self) -> None:
