@@ -82,6 +82,7 @@ class LoadedImage:
     frames: int = 1  # frames or pages in the file (animation, multi-page TIFF): only the first is read
     converted: str = ""  # the file's colour model when it was converted on read ("CMYK"): written as RGB
     transfer: str = "srgb"  # "linear" when its ICC profile's tone curve is gamma 1.0 (see `icc_transfer`)
+    extras: tuple[str, ...] = ()  # what else the file holds beside its pixels (a HEIF's depth map, ...)
 
     def caveat(self, name: str) -> str | None:
         """What the restored image does not hold of the file ``name`` (None: nothing is lost), the one
@@ -91,6 +92,8 @@ class LoadedImage:
         if self.converted:
             how = "with its colour profile" if self.info.get("converted_with_profile") else "without a profile"
             return f"{name} is {self.converted}; it is restored and written as RGB (converted {how})"
+        if self.extras:
+            return f"{name} also holds {' and '.join(self.extras)}, which the restored image does not keep"
         return None
 
     def pixels(self) -> tuple[np.ndarray, np.ndarray | None, bool]:
@@ -138,10 +141,11 @@ def _read_image(path: Path, max_pixels: int) -> LoadedImage:
                                    frames=frames, converted="CMYK")
             sixteen = (mode in ("I;16", "I;16B", "I;16L", "I") or (fmt in ("PNG", "TIFF") and _is_16bit(path, im))
                        or (fmt == "HEIF" and int(im.info.get("bit_depth") or 8) > 8))
+            extras = _heif_extras(im.info) if fmt == "HEIF" else ()
             if not sixteen:
                 im.load()
                 rgb, alpha, grey = _from_pil(ImageOps.exif_transpose(im))
-                return LoadedImage(rgb, alpha, 8, icc, exif, fmt, grey=grey, frames=frames)
+                return LoadedImage(rgb, alpha, 8, icc, exif, fmt, grey=grey, frames=frames, extras=extras)
     except ImageError:
         raise
     except UnidentifiedImageError as exc:
@@ -157,7 +161,24 @@ def _read_image(path: Path, max_pixels: int) -> LoadedImage:
     else:
         rgb, alpha, grey = _read_16bit(path)
     rgb, alpha = _orient(rgb, orientation), None if alpha is None else _orient(alpha, orientation)
-    return LoadedImage(rgb, alpha, 16, icc, exif, fmt, grey=grey, frames=frames)
+    return LoadedImage(rgb, alpha, 16, icc, exif, fmt, grey=grey, frames=frames, extras=extras)
+
+
+# Auxiliary images a phone stores beside a HEIF's picture, by the type URN's telling part: an iPhone
+# photo has an HDR gain map (its bright highlights on HDR screens), Portrait mode a depth map and mattes.
+_HEIF_AUX_NAMES = (("hdrgainmap", "an HDR gain map"), ("depth", "a depth map"), ("disparity", "a depth map"),
+                   ("auxid:2", "a depth map"), ("matte", "portrait mattes"))
+
+
+def _heif_extras(info: dict) -> tuple[str, ...]:
+    """What a HEIF holds besides its primary image's pixels and thumbnails, as pillow-heif lists it."""
+    found: list[str] = []
+    urns = list((info.get("aux") or {}).keys()) + ["depth"] * bool(info.get("depth_images"))
+    for urn in urns:
+        name = next((label for key, label in _HEIF_AUX_NAMES if key in urn.lower()), "an auxiliary image")
+        if name not in found:
+            found.append(name)
+    return tuple(found)
 
 
 def _read_heif_deep(path: Path) -> tuple[np.ndarray, np.ndarray | None, bool]:

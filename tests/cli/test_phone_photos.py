@@ -10,6 +10,7 @@ from PIL import Image, ImageCms
 
 from lorair_desktop import imageio
 from lorair_desktop.cli import main
+from tests.cli.heif_boxes import with_auxiliary_image
 
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
@@ -117,6 +118,27 @@ def test_a_heic_with_several_images_is_never_written_over(small_model_path, tmp_
     assert "burst.heic holds 2 frames or pages; only the first is restored" in err
     rc = main(["restore", str(src), "-o", str(src), "--force", "--model", str(small_model_path)])
     assert rc != 0 and "would lose what it holds" in capsys.readouterr().err and src.read_bytes() == before
+
+
+def test_an_iphone_photo_with_an_hdr_gain_map_is_never_written_over(small_model_path, tmp_path, capsys) -> None:
+    """iPhones store an HDR gain map (Portrait mode: a depth map) beside the picture; the result keeps
+    neither, so it is restored with a note and never saved over the photo."""
+    frames = [Image.fromarray((_photo(32, 48, seed=i) * 255).astype(np.uint8)) for i in range(2)]
+    two = tmp_path / "two.heic"
+    frames[0].save(two, format="HEIF", save_all=True, append_images=frames[1:])
+    src = tmp_path / "IMG_0003.HEIC"
+    src.write_bytes(with_auxiliary_image(two.read_bytes(), "urn:com:apple:photo:2020:aux:hdrgainmap"))
+    before = src.read_bytes()
+    img = imageio.read_image(src)
+    assert img.frames == 1 and img.extras == ("an HDR gain map",)  # one picture, plus its gain map
+    assert np.array_equal(img.rgb, imageio.read_image(two).rgb)
+    err = _restore(src, tmp_path / "out.heic", small_model_path, capsys)
+    assert "note: IMG_0003.HEIC also holds an HDR gain map, which the restored image does not keep" in err
+    rc = main(["restore", str(src), "-o", str(src), "--force", "--model", str(small_model_path)])
+    assert rc != 0 and "would lose what it holds" in capsys.readouterr().err and src.read_bytes() == before
+    depth = tmp_path / "portrait.heic"
+    depth.write_bytes(with_auxiliary_image(two.read_bytes(), "urn:mpeg:hevc:2015:auxid:2"))
+    assert imageio.read_image(depth).extras == ("a depth map",)
 
 
 def test_a_damaged_heic_gets_one_clear_error(small_model_path, tmp_path, capsys) -> None:
