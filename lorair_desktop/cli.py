@@ -14,8 +14,13 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import LoraIRError, report_error
+
+if TYPE_CHECKING:  # the CLI imports its heavy parts (torch, OpenCV) only in the command that needs them
+    from .core import Restorer
+    from .imageio import LoadedImage
 
 # Long jobs that share the cores for hours wait passively in OpenMP: a spinning team slows 2-8x
 # beside another busy program. Restores keep the spinning wait, ~20 % faster on free cores, and
@@ -71,12 +76,13 @@ def restore_jobs(inputs: list[str], output: str, force: bool, suffix: str = "") 
     from . import imageio
 
     paths, out = [Path(p) for p in inputs], Path(output)
+    folder = output.endswith(("/", os.sep))  # "-o restored/": a folder, made if missing
     if suffix:
         suffix = "." + suffix.lower().lstrip(".")
         if suffix not in imageio.WRITE_FORMATS:
             raise LoraIRError(f"cannot write '{suffix}' files",
                               f"use one of {', '.join(sorted(s[1:] for s in imageio.WRITE_FORMATS))}")
-    if len(paths) == 1 and not paths[0].is_dir() and not out.is_dir():
+    if len(paths) == 1 and not paths[0].is_dir() and not out.is_dir() and not folder:
         if not paths[0].is_file():
             raise LoraIRError(f"{paths[0]} does not exist or is not a file")
         if suffix:
@@ -124,19 +130,18 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if not 1 <= args.quality <= 100:  # before the restore: the encoder would refuse it only after
         raise LoraIRError(f"--quality {args.quality} is out of range", "use a quality from 1 to 100")
     jobs = restore_jobs(args.input, args.output, args.force, args.format)
-    if len(jobs) == 1 and not Path(args.output).is_dir():  # one file: it is read before the model loads
-        loaded = _read_for_restore(*jobs[0], args)
-        model = load_model(args.model)
-        overrides, keep = parse_experts_arg(args.experts, model.experts)
-        restorer = Restorer(model, device=args.device, precision=args.precision)
-        report = _restore_file(restorer, overrides, keep, loaded, *jobs[0], args)
-        if args.json:
-            print(json.dumps(report, indent=2))
-        return 0
+    single = len(jobs) == 1 and not Path(args.output).is_dir()
+    first = _read_for_restore(*jobs[0], args) if single else None  # a bad file fails before the model loads
     model = load_model(args.model)
     overrides, keep = parse_experts_arg(args.experts, model.experts)
     restorer = Restorer(model, device=args.device, precision=args.precision)
-    reports, failed = [], []
+    if first is not None:
+        report = _restore_file(restorer, overrides, keep, first, *jobs[0], args)
+        if args.json:
+            print(json.dumps(report, indent=2))
+        return 0
+    reports: list[dict] = []
+    failed: list[Path] = []
     for src, dst in jobs:
         try:
             reports.append(_restore_file(restorer, overrides, keep, _read_for_restore(src, dst, args), src, dst,
@@ -147,11 +152,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
             print(f"error: {src}: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""), file=sys.stderr)
     if args.json:
         print(json.dumps(reports, indent=2))
-    print(f"{len(jobs) - len(failed)} restored, {len(failed)} failed, into {args.output}", file=sys.stderr)
+    if failed or not args.quiet:
+        print(f"{len(jobs) - len(failed)} restored, {len(failed)} failed, into {args.output}", file=sys.stderr)
     return 1 if failed else 0
 
 
-def _read_for_restore(src: Path, dst: Path, args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _read_for_restore(src: Path, dst: Path, args: argparse.Namespace) -> LoadedImage:
     """The image, with a note on what the result cannot hold of it (and a refusal to write over it)."""
     from . import imageio
 
@@ -165,8 +171,8 @@ def _read_for_restore(src: Path, dst: Path, args: argparse.Namespace):  # type: 
     return img
 
 
-def _restore_file(restorer, overrides, keep, img, src: Path, dst: Path,  # type: ignore[no-untyped-def]
-                  args: argparse.Namespace) -> dict:
+def _restore_file(restorer: Restorer, overrides: dict[str, float] | None, keep: bool, img: LoadedImage, src: Path,
+                  dst: Path, args: argparse.Namespace) -> dict:
     from . import imageio
     from .worker import pixels
 

@@ -412,9 +412,9 @@ def write_image(
     rgb = np.clip(rgb, 0, 1)
     if grey:
         rgb = rgb.mean(axis=2, keepdims=True)
-        # WebP holds only RGB; grey + alpha at 16 bits is not read back by Pillow, and HEIF stores
-        # grey + alpha, and grey at 10 bits, as RGB(A) anyway
-        if fmt == "WEBP" or (bit_depth == 16 and (has_alpha or fmt == "HEIF")) or (fmt == "HEIF" and has_alpha):
+        # WebP holds only RGB; grey + alpha at 16 bits is not read back by Pillow; HEIF stores grey +
+        # alpha, and grey at 10 bits, as RGB(A) anyway
+        if fmt == "WEBP" or (bit_depth == 16 and has_alpha) or (fmt == "HEIF" and (has_alpha or bit_depth == 16)):
             rgb = np.repeat(rgb, 3, axis=2)
     chans = [rgb, np.clip(alpha, 0, 1)[..., None]] if has_alpha else [rgb]
     a = np.concatenate(chans, axis=2)

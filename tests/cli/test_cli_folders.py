@@ -107,3 +107,6 @@ def test_one_file_into_an_existing_folder_keeps_its_name(small_model_path, tmp_p
                       capsys)
     assert rc == 0 and "1 restored, 0 failed" in err
     assert imageio.read_image(out / "a.tif").source_format == "TIFF"
+    rc, _, err = _run(["restore", str(a), "-o", f"{tmp_path / 'new'}/", "--model", str(small_model_path), "-q"],
+                      capsys)  # a trailing slash names a folder to make
+    assert rc == 0 and err == "" and imageio.read_image(tmp_path / "new" / "a.webp").size == (48, 40)
