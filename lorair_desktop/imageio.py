@@ -32,6 +32,7 @@ import tifffile
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from .atomic import replacing
+from .colour_profile import hdr_coding, profile_for_nclx
 from .errors import ImageError
 
 pillow_heif.register_heif_opener()  # Pillow opens and saves HEIF/HEIC from here on, in every process
@@ -142,6 +143,8 @@ def _read_image(path: Path, max_pixels: int) -> LoadedImage:
             sixteen = (mode in ("I;16", "I;16B", "I;16L", "I") or (fmt in ("PNG", "TIFF") and _is_16bit(path, im))
                        or (fmt == "HEIF" and int(im.info.get("bit_depth") or 8) > 8))
             extras = _heif_extras(im.info) if fmt == "HEIF" else ()
+            if icc is None and fmt in ("HEIF", "AVIF"):  # colours named by code (nclx): as a profile
+                icc = profile_for_nclx(im.info.get("nclx_profile"))
             if not sixteen:
                 im.load()
                 rgb, alpha, grey = _from_pil(ImageOps.exif_transpose(im))
@@ -173,6 +176,9 @@ _HEIF_AUX_NAMES = (("hdrgainmap", "an HDR gain map"), ("depth", "a depth map"), 
 def _heif_extras(info: dict) -> tuple[str, ...]:
     """What a HEIF holds besides its primary image's pixels and thumbnails, as pillow-heif lists it."""
     found: list[str] = []
+    hdr = hdr_coding(info.get("nclx_profile"))
+    if hdr:  # PQ / HLG: the result is written without that coding, so it would not look the same
+        found.append(f"HDR colour coding ({hdr})")
     urns = list((info.get("aux") or {}).keys()) + ["depth"] * bool(info.get("depth_images"))
     for urn in urns:
         name = next((label for key, label in _HEIF_AUX_NAMES if key in urn.lower()), "an auxiliary image")

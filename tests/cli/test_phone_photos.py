@@ -1,6 +1,7 @@
 """Phone photos: HEIF/HEIC (the iPhone camera's format, 8 or 10 bits, turned by its own transform)
 and AVIF, read and written by `lorair restore`, the app's document and batch alike (imageio)."""
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -158,3 +159,70 @@ def test_one_table_of_file_types() -> None:
     assert {".heic", ".heif", ".avif"} <= set(imageio.WRITE_FORMATS)
     Image.init()
     assert set(imageio.WRITE_FORMATS.values()) <= set(Image.SAVE)
+
+
+def _nclx(primaries: int, transfer: int) -> dict:
+    return {"color_primaries": primaries, "transfer_characteristics": transfer, "matrix_coefficients": 6,
+            "full_range_flag": 1}
+
+
+def test_colours_a_heif_names_by_code_travel_as_an_icc_profile(small_model_path, tmp_path, capsys) -> None:
+    """A Display P3 HEIF described by nclx alone (no ICC): the PNG written from it carries a profile
+    that maps its colours as P3 does, where before it would have been read as sRGB."""
+    src = tmp_path / "p3.heic"
+    pixels = np.array([[[200, 150, 100], [128, 128, 128], [30, 200, 60]]], np.uint8).repeat(16, 0).repeat(16, 1)
+    heif = pillow_heif.from_pillow(Image.fromarray(pixels))
+    heif.save(src, quality=-1, chroma=444, nclx_profile=_nclx(12, 13))  # 12: Display P3, 13: sRGB curve
+    icc = imageio.read_image(src).icc_profile
+    assert icc is not None and "Display P3" in ImageCms.getProfileDescription(ImageCms.ImageCmsProfile(io.BytesIO(icc)))
+    _restore(src, tmp_path / "p3.png", small_model_path, capsys)
+    assert Image.open(tmp_path / "p3.png").info.get("icc_profile") == icc
+
+    # the profile maps P3 to sRGB as the published P3 -> sRGB matrix does (linear light)
+    srgb = ImageCms.createProfile("sRGB")
+    got = np.asarray(ImageCms.profileToProfile(Image.fromarray(pixels[:1, ::16]), ImageCms.ImageCmsProfile(
+        io.BytesIO(icc)), srgb, renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC)).astype(float)
+    p3_to_srgb = np.array([[1.2249, -0.2247, 0.0], [-0.0420, 1.0419, 0.0], [-0.0197, -0.0786, 1.0979]])
+    lin = _srgb_decode(pixels[:1, ::16] / 255.0) @ p3_to_srgb.T
+    assert np.abs(got - _srgb_encode(lin) * 255).max() <= 1.0
+
+
+def test_srgb_coded_heifs_get_no_profile_and_hdr_ones_are_never_written_over(small_model_path, tmp_path,
+                                                                              capsys) -> None:
+    rgb = Image.fromarray((_photo(32, 32) * 255).astype(np.uint8))
+    plain, hdr = tmp_path / "plain.heic", tmp_path / "hdr.heic"
+    pillow_heif.from_pillow(rgb).save(plain, nclx_profile=_nclx(1, 13))
+    pillow_heif.from_pillow(rgb).save(hdr, nclx_profile=_nclx(9, 16))  # BT.2020 primaries, PQ
+    assert imageio.read_image(plain).icc_profile is None and imageio.read_image(plain).extras == ()
+    img = imageio.read_image(hdr)
+    assert img.icc_profile is None and img.extras == ("HDR colour coding (PQ)",)
+    before = hdr.read_bytes()
+    rc = main(["restore", str(hdr), "-o", str(hdr), "--force", "--model", str(small_model_path)])
+    assert rc != 0 and "HDR colour coding (PQ)" in capsys.readouterr().err and hdr.read_bytes() == before
+
+
+def test_a_built_srgb_profile_is_littlecms_own_srgb() -> None:
+    from lorair_desktop.colour_profile import rgb_profile
+
+    ours = rgb_profile("sRGB check", [(0.64, 0.33), (0.30, 0.60), (0.15, 0.06)], (0.3127, 0.3290),
+                       (2.4, 1 / 1.055, 0.055 / 1.055, 1 / 12.92, 0.04045))
+    img = Image.fromarray((np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8))
+    out = ImageCms.profileToProfile(img, ImageCms.ImageCmsProfile(io.BytesIO(ours)), ImageCms.createProfile("sRGB"),
+                                    renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC)
+    assert np.abs(np.asarray(out).astype(int) - np.asarray(img)).max() == 0
+    assert imageio.icc_colour_space(ours) == "RGB" and imageio.icc_transfer(ours) == "srgb"
+    from lorair_desktop.colour_profile import profile_for_nclx
+
+    linear = dict(_nclx(12, 8), **{f"color_primary_{c}_{a}": v for c, a, v in (
+        ("red", "x", 0.68), ("red", "y", 0.32), ("green", "x", 0.265), ("green", "y", 0.69), ("blue", "x", 0.15),
+        ("blue", "y", 0.06), ("white", "x", 0.3127), ("white", "y", 0.329))})
+    assert imageio.icc_transfer(profile_for_nclx(linear)) == "linear"  # restored on its sRGB encoding
+
+
+def _srgb_decode(v: np.ndarray) -> np.ndarray:
+    return np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
+
+
+def _srgb_encode(v: np.ndarray) -> np.ndarray:
+    v = np.clip(v, 0, 1)
+    return np.where(v <= 0.0031308, 12.92 * v, 1.055 * v ** (1 / 2.4) - 0.055)
