@@ -142,7 +142,7 @@ def _read_image(path: Path, max_pixels: int) -> LoadedImage:
                                    frames=frames, converted="CMYK")
             sixteen = (mode in ("I;16", "I;16B", "I;16L", "I") or (fmt in ("PNG", "TIFF") and _is_16bit(path, im))
                        or (fmt == "HEIF" and int(im.info.get("bit_depth") or 8) > 8))
-            extras = _heif_extras(im.info) if fmt == "HEIF" else ()
+            extras = _heif_extras(im.info) if fmt == "HEIF" else _jpeg_extras(im.info) if fmt == "JPEG" else ()
             if icc is None and fmt in ("HEIF", "AVIF"):  # colours named by code (nclx): as a profile
                 icc = profile_for_nclx(im.info.get("nclx_profile"))
             if not sixteen:
@@ -185,6 +185,30 @@ def _heif_extras(info: dict) -> tuple[str, ...]:
         if name not in found:
             found.append(name)
     return tuple(found)
+
+
+def _jpeg_extras(info: dict) -> tuple[str, ...]:
+    """An Ultra HDR JPEG (Android's camera format since 14) holds its HDR gain map as a second image
+    behind the first (Multi-Picture Format), which Pillow leaves unread as a plain JPEG: say so."""
+    mp = info.get("mp")
+    if not isinstance(mp, bytes) or _mpf_images(mp) < 2:
+        return ()
+    return ("an HDR gain map",) if b"hdrgm" in (info.get("xmp") or b"") else ("more images behind the first",)
+
+
+def _mpf_images(mp: bytes) -> int:
+    """NumberOfImages of a JPEG's MPF index (CIPA DC-007): a TIFF header, then an IFD; 1 if unreadable."""
+    try:
+        e = "<" if mp[:2] == b"II" else ">"
+        (ifd,) = struct.unpack_from(e + "I", mp, 4)
+        (n,) = struct.unpack_from(e + "H", mp, ifd)
+        for i in range(n):
+            tag, _kind, _count, value = struct.unpack_from(e + "HHII", mp, ifd + 2 + 12 * i)
+            if tag == 0xB001:
+                return int(value)
+    except struct.error:
+        pass
+    return 1
 
 
 def _read_heif_deep(path: Path) -> tuple[np.ndarray, np.ndarray | None, bool]:

@@ -142,6 +142,29 @@ def test_an_iphone_photo_with_an_hdr_gain_map_is_never_written_over(small_model_
     assert imageio.read_image(depth).extras == ("a depth map",)
 
 
+def test_an_ultra_hdr_jpeg_keeps_its_gain_map_by_never_being_written_over(small_model_path, tmp_path,
+                                                                          capsys) -> None:
+    """Android phones write Ultra HDR JPEGs: the gain map is a second JPEG behind the first (MPF), which
+    Pillow reads as a plain JPEG. Saving the restore over it would drop the gain map without a word."""
+    photo = Image.fromarray((_photo(48, 64) * 255).astype(np.uint8))
+    gain = photo.convert("L").resize((32, 24))
+    xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           b'<rdf:Description xmlns:hdrgm="http://ns.adobe.com/hdr-gain-map/1.0/" hdrgm:Version="1.0"/>'
+           b"</rdf:RDF></x:xmpmeta>")
+    src = tmp_path / "PXL_0001.jpg"
+    photo.save(src, format="MPO", save_all=True, append_images=[gain], xmp=xmp)
+    before = src.read_bytes()
+    img = imageio.read_image(src)
+    assert (img.source_format, img.frames, img.extras) == ("JPEG", 1, ("an HDR gain map",))
+    err = _restore(src, tmp_path / "out.jpg", small_model_path, capsys)
+    assert "PXL_0001.jpg also holds an HDR gain map" in err
+    rc = main(["restore", str(src), "-o", str(src), "--force", "--model", str(small_model_path)])
+    assert rc != 0 and "would lose what it holds" in capsys.readouterr().err and src.read_bytes() == before
+    plain = tmp_path / "plain.jpg"
+    photo.save(plain, quality=90)
+    assert imageio.read_image(plain).extras == ()
+
+
 def test_a_damaged_heic_gets_one_clear_error(small_model_path, tmp_path, capsys) -> None:
     good = tmp_path / "good.heic"
     Image.fromarray((_photo(64, 64) * 255).astype(np.uint8)).save(good, format="HEIF")
