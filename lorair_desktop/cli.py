@@ -183,7 +183,7 @@ def _restore_file(restorer: Restorer, overrides: dict[str, float] | None, keep: 
                            ensemble=args.ensemble)
     imageio.write_image(dst, pixels.from_model(res.image, img.transfer, spill), img.alpha, img.bit_depth,
                         img.icc_profile, quality=args.quality,
-                        exif=img.exif, grey=img.grey)
+                        exif=img.exif, grey=img.grey, xmp=img.xmp)
     if not args.quiet and not args.json:
         applied = ", ".join(f"{k} {v:.2f}" for k, v in res.applied_weights.items() if v > 0) or "none (base network)"
         passes = f" x{res.ensemble} passes" if res.ensemble > 1 else ""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import struct
 import warnings
 import zlib
@@ -29,7 +30,7 @@ import cv2
 import numpy as np
 import pillow_heif
 import tifffile
-from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from .atomic import replacing
 from .colour_profile import hdr_coding, profile_for_nclx
@@ -84,6 +85,7 @@ class LoadedImage:
     converted: str = ""  # the file's colour model when it was converted on read ("CMYK"): written as RGB
     transfer: str = "srgb"  # "linear" when its ICC profile's tone curve is gamma 1.0 (see `icc_transfer`)
     extras: tuple[str, ...] = ()  # what else the file holds beside its pixels (a HEIF's depth map, ...)
+    xmp: bytes | None = None  # the XMP packet (keywords, rating, caption, edits): written back with the result
 
     def caveat(self, name: str) -> str | None:
         """What the restored image does not hold of the file ``name`` (None: nothing is lost), the one
@@ -132,6 +134,7 @@ def _read_image(path: Path, max_pixels: int) -> LoadedImage:
             fmt = im.format or ""
             icc = im.info.get("icc_profile")
             exif = im.info.get("exif")
+            xmp = _xmp_bytes(im.info.get("xmp"))
             orientation = im.getexif().get(0x0112, 1)
             frames = max(1, int(getattr(im, "n_frames", 1)))
             mode = im.mode
@@ -139,7 +142,7 @@ def _read_image(path: Path, max_pixels: int) -> LoadedImage:
                 rgb_im, profiled = _cmyk_to_srgb(ImageOps.exif_transpose(im), icc)
                 rgb, _, _ = _from_pil(rgb_im)
                 return LoadedImage(rgb, None, 8, SRGB_ICC, exif, fmt, {"converted_with_profile": profiled},
-                                   frames=frames, converted="CMYK")
+                                   frames=frames, converted="CMYK", xmp=xmp)
             sixteen = (mode in ("I;16", "I;16B", "I;16L", "I") or (fmt in ("PNG", "TIFF") and _is_16bit(path, im))
                        or (fmt == "HEIF" and int(im.info.get("bit_depth") or 8) > 8))
             extras = _heif_extras(im.info) if fmt == "HEIF" else _jpeg_extras(im.info) if fmt == "JPEG" else ()
@@ -148,7 +151,7 @@ def _read_image(path: Path, max_pixels: int) -> LoadedImage:
             if not sixteen:
                 im.load()
                 rgb, alpha, grey = _from_pil(ImageOps.exif_transpose(im))
-                return LoadedImage(rgb, alpha, 8, icc, exif, fmt, grey=grey, frames=frames, extras=extras)
+                return LoadedImage(rgb, alpha, 8, icc, exif, fmt, grey=grey, frames=frames, extras=extras, xmp=xmp)
     except ImageError:
         raise
     except UnidentifiedImageError as exc:
@@ -164,7 +167,7 @@ def _read_image(path: Path, max_pixels: int) -> LoadedImage:
     else:
         rgb, alpha, grey = _read_16bit(path)
     rgb, alpha = _orient(rgb, orientation), None if alpha is None else _orient(alpha, orientation)
-    return LoadedImage(rgb, alpha, 16, icc, exif, fmt, grey=grey, frames=frames, extras=extras)
+    return LoadedImage(rgb, alpha, 16, icc, exif, fmt, grey=grey, frames=frames, extras=extras, xmp=xmp)
 
 
 # Auxiliary images a phone stores beside a HEIF's picture, by the type URN's telling part: an iPhone
@@ -259,6 +262,8 @@ def _read_tiff(path: Path, max_pixels: int) -> LoadedImage:
             a = page.asarray()
             icc_tag = page.tags.get(34675)  # InterColorProfile
             icc = bytes(icc_tag.value) if icc_tag is not None else None
+            xmp_tag = page.tags.get(700)  # XMP
+            xmp = _xmp_bytes(xmp_tag.value) if xmp_tag is not None else None
     except ImageError:
         raise
     except Exception as exc:  # tifffile raises many kinds on a damaged file
@@ -282,7 +287,7 @@ def _read_tiff(path: Path, max_pixels: int) -> LoadedImage:
     grey = a.shape[2] == 1
     rgb = np.repeat(a, 3, axis=2) if grey else a
     return LoadedImage(np.ascontiguousarray(rgb.astype(np.float32) / top), alpha, 16 if top > 255 else 8, icc,
-                       None, "TIFF", grey=grey, frames=frames)
+                       None, "TIFF", grey=grey, frames=frames, xmp=xmp)
 
 
 def _is_16bit(path: Path, im: Image.Image) -> bool:
@@ -424,10 +429,12 @@ def write_image(
     quality: int = 95,
     exif: bytes | None = None,
     grey: bool = False,
+    xmp: bytes | None = None,
 ) -> None:
     """Write atomically (temp file + rename), so a failure never leaves a half-written file.
 
     `exif` (as read) is kept on 8-bit outputs with its orientation reset to 1: pixels are upright.
+    `xmp` is kept on every output (`upright_xmp`: its orientation reset, a gain map it describes gone).
     `grey` writes one channel, the mean of the three, where the format holds it (WebP does not, and
     16-bit grey with alpha is not read back by Pillow: those get the grey value in all three). A
     profile whose colour space does not match the channels written (a grey profile on RGB) is left
@@ -451,10 +458,11 @@ def write_image(
     if icc_colour_space(icc_profile) != ("GRAY" if rgb.shape[2] == 1 else "RGB"):
         icc_profile = None
     with replacing(path) as tmp:
+        xmp = upright_xmp(xmp) if xmp else None
         if bit_depth == 16 and fmt == "HEIF":
-            _write_heif_deep(tmp, a, icc_profile, exif, quality)
+            _write_heif_deep(tmp, a, icc_profile, exif, xmp, quality)
         elif bit_depth == 16:
-            _write_16bit(tmp, fmt, a, icc_profile)
+            _write_16bit(tmp, fmt, a, icc_profile, xmp)
         else:
             u8 = (a * 255.0 + 0.5).astype(np.uint8)
             mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[u8.shape[2]]
@@ -464,11 +472,42 @@ def write_image(
                 kw["icc_profile"] = icc_profile
             if exif:
                 kw["exif"] = upright_exif(exif)
+            if xmp and fmt == "PNG":
+                kw["pnginfo"] = PngImagePlugin.PngInfo()
+                kw["pnginfo"].add_itxt(_PNG_XMP_KEY, xmp.decode("utf-8", "replace"))
+            elif xmp and fmt == "TIFF":
+                kw["tiffinfo"] = {700: xmp}
+            elif xmp:
+                kw["xmp"] = xmp
             if fmt in _LOSSY:
                 kw["quality"] = int(quality)
             if fmt == "TIFF":
                 kw["compression"] = "tiff_deflate"
             im.save(tmp, format=fmt, **kw)
+
+
+_PNG_XMP_KEY = "XML:com.adobe.xmp"
+_XMP_ORIENTATION = re.compile(rb'(tiff:Orientation\s*=\s*["\'])\d(["\'])'
+                              rb'|(<tiff:Orientation>)\s*\d\s*(</tiff:Orientation>)')
+# Ultra HDR's description of its gain map (hdrgm:*, the GContainer directory): the result has none
+_XMP_GAIN_MAP = re.compile(rb'\s+(?:xmlns:hdrgm|hdrgm:\w+)\s*=\s*"[^"]*"'
+                           rb"|<Container:Directory>.*?</Container:Directory>", re.S)
+
+
+def _xmp_bytes(value: object) -> bytes | None:
+    if isinstance(value, str):
+        value = value.encode("utf-8")
+    if isinstance(value, tuple):  # tifffile and Pillow's TIFF tags: a tuple of byte values at times
+        value = bytes(value)
+    return value if isinstance(value, bytes) and value.strip() else None
+
+
+def upright_xmp(xmp: bytes) -> bytes:
+    """The XMP packet with its tiff:Orientation set to 1 (the pixels were turned upright on read, and
+    viewers honour XMP's orientation too) and a gain map's description left out (the result has none)."""
+    xmp = _XMP_ORIENTATION.sub(lambda m: m.group(1) + b"1" + m.group(2) if m.group(1) else
+                               m.group(3) + b"1" + m.group(4), xmp)
+    return _XMP_GAIN_MAP.sub(b"", xmp)
 
 
 def upright_exif(exif: bytes) -> bytes:
@@ -483,23 +522,29 @@ def upright_exif(exif: bytes) -> bytes:
     return tags.tobytes()
 
 
-def _write_16bit(tmp: Path, fmt: str, a: np.ndarray, icc: bytes | None) -> None:
+def _write_16bit(tmp: Path, fmt: str, a: np.ndarray, icc: bytes | None, xmp: bytes | None = None) -> None:
     u16 = (a * 65535.0 + 0.5).astype(np.uint16)
     colour = u16.shape[2] >= 3
     if fmt == "TIFF":
         extra = {"extrasamples": ("unassalpha",)} if u16.shape[2] == 4 else {}
+        tags = [(700, 1, len(xmp), xmp, True)] if xmp else []
         tifffile.imwrite(tmp, u16 if colour else u16[..., 0], photometric="rgb" if colour else "minisblack",
-                         compression="zlib", iccprofile=icc, **extra)
+                         compression="zlib", iccprofile=icc, extratags=tags, **extra)
         return
     bgr = u16[..., [2, 1, 0, 3]] if u16.shape[2] == 4 else u16[..., ::-1] if colour else u16[..., 0]
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(bgr))
     if not ok:
         raise ImageError("could not encode a 16-bit PNG")
     data = buf.tobytes()
-    tmp.write_bytes(_png_insert_iccp(data, icc) if icc else data)
+    if icc:
+        data = _png_insert(data, b"iCCP", b"ICC\x00\x00" + zlib.compress(icc))
+    if xmp:  # iTXt: keyword, no compression, no language tag, no translated keyword, the text
+        data = _png_insert(data, b"iTXt", _PNG_XMP_KEY.encode() + b"\x00\x00\x00\x00\x00" + xmp)
+    tmp.write_bytes(data)
 
 
-def _write_heif_deep(tmp: Path, a: np.ndarray, icc: bytes | None, exif: bytes | None, quality: int) -> None:
+def _write_heif_deep(tmp: Path, a: np.ndarray, icc: bytes | None, exif: bytes | None, xmp: bytes | None,
+                     quality: int) -> None:
     """16-bit RGB(A) as a 10-bit HEIF, the depth phones write (pillow-heif takes the samples in 16 bits
     and keeps their top 10)."""
     u16 = np.ascontiguousarray((a * 65535.0 + 0.5).astype(np.uint16))
@@ -510,12 +555,13 @@ def _write_heif_deep(tmp: Path, a: np.ndarray, icc: bytes | None, exif: bytes | 
         kw["icc_profile"] = icc
     if exif:
         kw["exif"] = upright_exif(exif)
+    if xmp:
+        kw["xmp"] = xmp
     heif.save(tmp, **kw)
 
 
-def _png_insert_iccp(png: bytes, icc: bytes) -> bytes:
-    """Insert an iCCP chunk right after IHDR (PNG requires it before IDAT); OpenCV writes none."""
-    body = b"ICC\x00\x00" + zlib.compress(icc)
-    chunk = struct.pack(">I", len(body)) + b"iCCP" + body + struct.pack(">I", zlib.crc32(b"iCCP" + body))
+def _png_insert(png: bytes, kind: bytes, body: bytes) -> bytes:
+    """Insert a chunk right after IHDR (iCCP must come before IDAT; OpenCV writes neither it nor iTXt)."""
+    chunk = struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
     ihdr_end = 8 + 4 + 4 + 13 + 4
     return png[:ihdr_end] + chunk + png[ihdr_end:]

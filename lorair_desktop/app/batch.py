@@ -132,7 +132,7 @@ def run_batch(
             dst = output_path(src, job.output_dir, job.suffix)
             imageio.write_image(
                 dst, to_float(out), img.alpha, bit_depth=img.bit_depth, icc_profile=img.icc_profile,
-                quality=job.quality, grey=img.grey,
+                quality=job.quality, grey=img.grey, exif=img.exif, xmp=img.xmp,
             )
             summary.written.append(dst)
             if caveat := img.caveat(src.name):

@@ -35,6 +35,7 @@ class ImageMeta:
     converted: str = ""  # the file's colour model when converted on open ("CMYK"); the document is RGB
     caveat: str | None = None  # what the document does not hold of its file: never saved over it
     transfer: str = "srgb"  # "linear" for a linear-light profile: the worker encodes it for the model
+    xmp: bytes | None = None  # keywords, rating, caption: saved with the image
 
 
 class Document(QObject):
@@ -58,7 +59,7 @@ class Document(QObject):
         chans = [img.rgb] if img.alpha is None else [img.rgb, img.alpha[..., None]]
         pixels = from_float(np.concatenate(chans, axis=2), img.bit_depth)
         meta = ImageMeta(img.bit_depth, img.icc_profile, img.exif, img.source_format, dict(img.info), img.grey,
-                         img.frames, img.converted, img.caveat(path.name), img.transfer)
+                         img.frames, img.converted, img.caveat(path.name), img.transfer, img.xmp)
         return cls(pixels, meta, path)
 
     # --- geometry -------------------------------------------------------------------------------
@@ -140,6 +141,7 @@ class Document(QObject):
             quality=options.quality,
             exif=self.meta.exif,
             grey=self.meta.grey,
+            xmp=self.meta.xmp,
         )
         if not as_copy:
             self.meta.frames, self.meta.converted, self.meta.caveat = 1, "", None  # it now belongs to `path`

@@ -263,7 +263,8 @@ def test_a_cmyk_photo_opens_in_rgb_and_save_asks_for_a_new_file(window, tmp_path
 
 
 def test_save_keeps_a_photos_exif(window, tmp_path: Path) -> None:
-    """Its camera and date survive Save (the orientation tag reset: the pixels were turned upright)."""
+    """Its camera and date survive Save (the orientation tag reset: the pixels were turned upright),
+    and its XMP."""
     from PIL import Image
 
     im = Image.fromarray((make_photo(64, 48)[..., :3] * 255).astype(np.uint8))
@@ -271,13 +272,15 @@ def test_save_keeps_a_photos_exif(window, tmp_path: Path) -> None:
     exif[0x010F] = "LoRA-IR test camera"
     exif[0x0112] = 6
     src = tmp_path / "photo.jpg"
-    im.save(src, quality=95, exif=exif.tobytes())
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:li>lake at dawn</rdf:li></x:xmpmeta>'
+    im.save(src, quality=95, exif=exif.tobytes(), xmp=xmp)
     assert window.open_file(src)
     window.select_all()
     assert run_restore(window), window.message_bar.text
     assert window.save()
     back = Image.open(src).getexif()
     assert back.get(0x010F) == "LoRA-IR test camera" and back.get(0x0112, 1) == 1
+    assert Image.open(src).info.get("xmp") == xmp  # keywords, rating and caption too
 
 
 def test_bad_files_keep_the_current_image_and_say_why(window, tmp_path: Path) -> None:
@@ -338,6 +341,11 @@ def test_batch_restores_a_folder_and_reports_failures(window, tmp_path: Path) ->
 
     grey_pages = [Image.fromarray((make_photo(32, 32, seed=7 + i)[..., 1] * 255).astype(np.uint8)) for i in range(2)]
     grey_pages[0].save(src / "three.tif", save_all=True, append_images=grey_pages[1:])  # a 2-page grey scan
+    camera = Image.fromarray((make_photo(40, 32, seed=9)[..., :3] * 255).astype(np.uint8))
+    exif = camera.getexif()
+    exif[0x010F] = "LoRA-IR test camera"
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:li>lake at dawn</rdf:li></x:xmpmeta>'
+    camera.save(src / "four.jpg", quality=95, exif=exif.tobytes(), xmp=xmp)  # the camera's data and keywords
     (dst / f"one{EXT}").write_bytes(b"keep me")  # an existing file is never replaced
     before = {p.name: p.read_bytes() for p in src.iterdir()}
     window.show_batch()
@@ -351,14 +359,17 @@ def test_batch_restores_a_folder_and_reports_failures(window, tmp_path: Path) ->
     assert dlg.running
     assert process_until(lambda: not dlg.running, 120)
     text = dlg.summary.toPlainText()
-    assert text.startswith("3 restored, 1 failed") and "bad.png" in text
+    assert text.startswith("4 restored, 1 failed") and "bad.png" in text
     assert "three.tif holds 2 frames or pages; only the first is restored" in text
     assert (dst / f"one{EXT}").read_bytes() == b"keep me"
-    assert sorted(p.name for p in dst.iterdir()) == sorted([f"one{EXT}", f"one-1{EXT}", f"two{EXT}", "three.tif"])
+    assert sorted(p.name for p in dst.iterdir()) == sorted([f"one{EXT}", f"one-1{EXT}", f"two{EXT}", "three.tif",
+                                                            "four.jpg"])
+    four = Image.open(dst / "four.jpg")  # batch dropped both before
+    assert four.getexif().get(0x010F) == "LoRA-IR test camera" and four.info.get("xmp") == xmp
     assert imageio.read_image(dst / f"two{EXT}").bit_depth == 16
     assert imageio.read_image(dst / "three.tif").grey  # grey in, grey out
     assert {p.name: p.read_bytes() for p in src.iterdir()} == before
-    assert window.message_bar.kind == "warning" and "1 of 4" in window.message_bar.text
+    assert window.message_bar.kind == "warning" and "1 of 5" in window.message_bar.text
     dlg.close()
 
 

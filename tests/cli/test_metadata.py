@@ -1,0 +1,49 @@
+"""A photo's metadata travels with its restore: XMP (keywords, rating, caption, Lightroom's edits)
+into every format, 8 and 16 bits, with its orientation reset as EXIF's is, and without the gain map an
+Ultra HDR photo's XMP describes (the app's batch: tests/app/test_window.py)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lorair_desktop import imageio
+from lorair_desktop.cli import main
+
+XMP = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+       b'<rdf:Description xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns:xmp="http://ns.adobe.com/xap/1.0/" '
+       b'xmlns:tiff="http://ns.adobe.com/tiff/1.0/" xmlns:hdrgm="http://ns.adobe.com/hdr-gain-map/1.0/" '
+       b'xmp:Rating="4" tiff:Orientation="6" hdrgm:Version="1.0">'
+       b"<dc:subject><rdf:Bag><rdf:li>lake at dawn</rdf:li></rdf:Bag></dc:subject>"
+       b"</rdf:Description></rdf:RDF></x:xmpmeta>")
+
+
+def _photo(seed: int = 0) -> Image.Image:
+    return Image.fromarray((np.random.default_rng(seed).random((40, 56, 3)) * 255).astype(np.uint8))
+
+
+def _check_xmp(path: Path) -> None:
+    xmp = imageio.read_image(path).xmp
+    assert xmp is not None, f"{path.name} lost its XMP"
+    assert b"lake at dawn" in xmp and b'xmp:Rating="4"' in xmp
+    assert b'tiff:Orientation="1"' in xmp and b"hdrgm" not in xmp  # upright now, and no gain map
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg", ".webp", ".tif", ".heic", ".avif"])
+def test_xmp_travels_into_every_format(small_model_path, tmp_path, capsys, ext) -> None:
+    src = tmp_path / "in.jpg"
+    _photo().save(src, quality=95, xmp=XMP)
+    assert imageio.read_image(src).xmp == XMP
+    dst = tmp_path / f"out{ext}"
+    assert main(["restore", str(src), "-o", str(dst), "--model", str(small_model_path), "-q"]) == 0, capsys.readouterr()
+    _check_xmp(dst)
+
+
+@pytest.mark.parametrize("ext", [".png", ".tif", ".heic"])
+def test_xmp_travels_at_16_bits(tmp_path, ext) -> None:
+    rgb = np.random.default_rng(1).random((24, 32, 3)).astype(np.float32)
+    dst = tmp_path / f"deep{ext}"
+    imageio.write_image(dst, rgb, bit_depth=16, xmp=XMP)
+    assert imageio.read_image(dst).bit_depth == 16
+    _check_xmp(dst)
