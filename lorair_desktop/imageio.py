@@ -433,7 +433,8 @@ def write_image(
 ) -> None:
     """Write atomically (temp file + rename), so a failure never leaves a half-written file.
 
-    `exif` (as read) is kept on 8-bit outputs with its orientation reset to 1: pixels are upright.
+    `exif` (as read) is kept, its orientation reset to 1 (pixels are upright), on every output but a
+    16-bit TIFF.
     `xmp` is kept on every output (`upright_xmp`: its orientation reset, a gain map it describes gone).
     `grey` writes one channel, the mean of the three, where the format holds it (WebP does not, and
     16-bit grey with alpha is not read back by Pillow: those get the grey value in all three). A
@@ -462,7 +463,7 @@ def write_image(
         if bit_depth == 16 and fmt == "HEIF":
             _write_heif_deep(tmp, a, icc_profile, exif, xmp, quality)
         elif bit_depth == 16:
-            _write_16bit(tmp, fmt, a, icc_profile, xmp)
+            _write_16bit(tmp, fmt, a, icc_profile, xmp, upright_exif(exif) if exif else None)
         else:
             u8 = (a * 255.0 + 0.5).astype(np.uint8)
             mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[u8.shape[2]]
@@ -522,7 +523,9 @@ def upright_exif(exif: bytes) -> bytes:
     return tags.tobytes()
 
 
-def _write_16bit(tmp: Path, fmt: str, a: np.ndarray, icc: bytes | None, xmp: bytes | None = None) -> None:
+def _write_16bit(tmp: Path, fmt: str, a: np.ndarray, icc: bytes | None, xmp: bytes | None = None,
+                 exif: bytes | None = None) -> None:
+    """16-bit PNG (OpenCV, chunks added here) or TIFF (tifffile); EXIF goes into PNGs only."""
     u16 = (a * 65535.0 + 0.5).astype(np.uint16)
     colour = u16.shape[2] >= 3
     if fmt == "TIFF":
@@ -540,6 +543,8 @@ def _write_16bit(tmp: Path, fmt: str, a: np.ndarray, icc: bytes | None, xmp: byt
         data = _png_insert(data, b"iCCP", b"ICC\x00\x00" + zlib.compress(icc))
     if xmp:  # iTXt: keyword, no compression, no language tag, no translated keyword, the text
         data = _png_insert(data, b"iTXt", _PNG_XMP_KEY.encode() + b"\x00\x00\x00\x00\x00" + xmp)
+    if exif:  # eXIf holds the TIFF-structured block without JPEG's "Exif\0\0" prefix
+        data = _png_insert(data, b"eXIf", exif.removeprefix(b"Exif\x00\x00"))
     tmp.write_bytes(data)
 
 

@@ -47,3 +47,14 @@ def test_xmp_travels_at_16_bits(tmp_path, ext) -> None:
     imageio.write_image(dst, rgb, bit_depth=16, xmp=XMP)
     assert imageio.read_image(dst).bit_depth == 16
     _check_xmp(dst)
+
+
+def test_a_16bit_png_keeps_the_cameras_exif(tmp_path) -> None:
+    tags = Image.new("RGB", (4, 4)).getexif()
+    tags[0x010F], tags[0x0112] = "LoRA-IR test camera", 6
+    dst = tmp_path / "deep.png"
+    imageio.write_image(dst, np.random.default_rng(2).random((16, 16, 3)).astype(np.float32), bit_depth=16,
+                        exif=tags.tobytes())
+    back = Image.open(dst).getexif()
+    assert imageio.read_image(dst).bit_depth == 16
+    assert back.get(0x010F) == "LoRA-IR test camera" and back.get(0x0112) == 1
