@@ -65,6 +65,7 @@ class Canvas(QWidget):
     zoom_changed = Signal(float)
     cursor_moved = Signal(int, int)  # image pixel under the cursor, (-1, -1) outside
     file_dropped = Signal(str)
+    image_dropped = Signal(QImage)  # an image dragged from a browser or another program, no file behind it
     compare_changed = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
@@ -305,14 +306,21 @@ class Canvas(QWidget):
 
     # --- drag and drop ---------------------------------------------------------------------------
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:
-        if event.mimeData().hasUrls() and any(u.isLocalFile() for u in event.mimeData().urls()):
+        mime = event.mimeData()
+        if (mime.hasUrls() and any(u.isLocalFile() for u in mime.urls())) or mime.hasImage():
             event.acceptProposedAction()
 
     def dropEvent(self, event: QDropEvent) -> None:
-        files = [u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()]
-        if files:
+        mime = event.mimeData()
+        files = [u.toLocalFile() for u in mime.urls() if u.isLocalFile()]
+        if files:  # a file first: it keeps its depth, profile and metadata
             event.acceptProposedAction()
             self.file_dropped.emit(str(Path(files[0])))
+        elif mime.hasImage():
+            image = mime.imageData()
+            if isinstance(image, QImage) and not image.isNull():
+                event.acceptProposedAction()
+                self.image_dropped.emit(image)
 
     # --- painting --------------------------------------------------------------------------------
     def paintEvent(self, event: QPaintEvent) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 from PySide6.QtCore import QByteArray, Qt, QTimer
-from PySide6.QtGui import QCloseEvent, QColor, QDragEnterEvent, QDropEvent, QGuiApplication
+from PySide6.QtGui import QCloseEvent, QColor, QDragEnterEvent, QDropEvent, QGuiApplication, QImage
 from PySide6.QtWidgets import (
     QDockWidget,
     QFileDialog,
@@ -136,6 +136,7 @@ class MainWindow(WindowMenus):
         self.canvas.zoom_changed.connect(lambda z: self.zoom_label.setText(f"{z * 100:.0f} %"))
         self.canvas.cursor_moved.connect(self._cursor_moved)
         self.canvas.file_dropped.connect(self.open_file)
+        self.canvas.image_dropped.connect(self.open_image_data)
         self.canvas.compare_changed.connect(self._sync_compare_actions)
         for w in (self.panel.margin_spin, self.panel.tile_spin):
             w.valueChanged.connect(self._save_panel_settings)
@@ -346,22 +347,26 @@ class MainWindow(WindowMenus):
         return True
 
     def paste_image(self) -> bool:
-        """The clipboard's image as a new, untitled image (Save asks for a name); the current one is
-        kept unless it may be replaced (maybe_discard)."""
+        """The clipboard's image as a new, untitled image (see open_image_data)."""
         img = QGuiApplication.clipboard().image()
         if img.isNull() or img.width() < 1 or img.height() < 1:
             self.show_message("warning", "The clipboard holds no image.",
                               "Copy an image in another program first (or take a screenshot).")
             return False
+        return self.open_image_data(img, "clipboard")
+
+    def open_image_data(self, img: QImage, source: str = "dropped image") -> bool:
+        """Pixels with no file behind them (pasted, or dropped from a browser) as a new, untitled image
+        (Save asks for a name); the current one is kept unless it may be replaced (maybe_discard)."""
         if self.controller.busy:
-            self.show_message("warning", "A restore is running.", "Cancel it (Esc) before pasting an image.")
+            self.show_message("warning", "A restore is running.", "Cancel it (Esc) before opening another image.")
             return False
         if not self.maybe_discard():
             return False
         pixels = from_qimage(img)
         bits = 16 if pixels.dtype == np.uint16 else 8
-        self.set_document(Document(pixels, ImageMeta(bits, source_format="clipboard")))
-        log.info("pasted a %d×%d image from the clipboard (%d-bit)", img.width(), img.height(), bits)
+        self.set_document(Document(pixels, ImageMeta(bits, source_format=source)))
+        log.info("opened a %d×%d image from the %s (%d-bit)", img.width(), img.height(), source, bits)
         return True
 
     def select_all(self) -> None:

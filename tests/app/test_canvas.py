@@ -159,3 +159,26 @@ def test_drop_a_file(canvas: Canvas, tmp_path: Path) -> None:
     ev = QDropEvent(QPointF(50, 50), Qt.DropAction.CopyAction, mime, L, NO)
     canvas.dropEvent(ev)
     assert got == [str(tmp_path / "x.png")]
+
+
+def test_drop_an_image_from_a_browser(canvas: Canvas, tmp_path: Path) -> None:
+    """A browser drags image data (and a web address, no local file): it arrives as an image."""
+    from PySide6.QtGui import QImage
+
+    got: list[QImage] = []
+    canvas.image_dropped.connect(got.append)
+    files: list[str] = []
+    canvas.file_dropped.connect(files.append)
+    image = QImage(12, 8, QImage.Format.Format_RGB32)
+    image.fill(0xFF336699)
+    mime = QMimeData()
+    mime.setImageData(image)
+    mime.setUrls([QUrl("https://example.org/photo.jpg")])
+    canvas.dropEvent(QDropEvent(QPointF(50, 50), Qt.DropAction.CopyAction, mime, L, NO))
+    assert not files and len(got) == 1 and got[0].size() == image.size()
+    assert got[0].pixelColor(3, 3).getRgb()[:3] == (0x33, 0x66, 0x99)
+    both = QMimeData()  # a local file wins: it keeps its depth, profile and metadata
+    both.setImageData(image)
+    both.setUrls([QUrl.fromLocalFile(str(tmp_path / "x.png"))])
+    canvas.dropEvent(QDropEvent(QPointF(50, 50), Qt.DropAction.CopyAction, both, L, NO))
+    assert files == [str(tmp_path / "x.png")] and len(got) == 1

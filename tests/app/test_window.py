@@ -455,6 +455,10 @@ def test_paste_restore_and_copy_back_through_the_clipboard(window, tmp_path: Pat
     assert window.save() and asked and window.doc.path == out  # an untitled image: Save went to Save As
     assert np.array_equal(np.round(imageio.read_image(out).rgb * 255), doc.pixels.astype(np.float64))
 
+    window.canvas.image_dropped.emit(argb)  # dropped from a browser: the same path as a paste
+    assert window.doc.path is None and np.array_equal(window.doc.pixels, shot)
+    assert "8-bit RGB · dropped image" in window.image_label.text()
+
     deep = (make_photo(40, 30, seed=10) * 65535 + 0.5).astype(np.uint16)
     clip.setImage(to_qimage(deep))  # a 16-bit copy from another editor keeps its depth
     assert window.paste_image() and window.doc.pixels.dtype == np.uint16
