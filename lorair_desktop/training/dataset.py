@@ -56,7 +56,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = READ_SUFFIXES  # what imageio reads (its import lets Pillow open HEIF too)
+# What imageio reads (its import lets Pillow open HEIF too), less GIF: 256 colours are no clean target.
+IMAGE_EXTENSIONS = READ_SUFFIXES - {".gif"}
 Image.MAX_IMAGE_PIXELS = 200_000_000  # big wallpapers are legitimate; still refuse absurd sizes
 
 
