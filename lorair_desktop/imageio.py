@@ -458,33 +458,44 @@ def write_image(
     a = np.concatenate(chans, axis=2)
     if icc_colour_space(icc_profile) != ("GRAY" if rgb.shape[2] == 1 else "RGB"):
         icc_profile = None
-    with replacing(path) as tmp:
-        xmp = upright_xmp(xmp) if xmp else None
-        if bit_depth == 16 and fmt == "HEIF":
-            _write_heif_deep(tmp, a, icc_profile, exif, xmp, quality)
-        elif bit_depth == 16:
-            _write_16bit(tmp, fmt, a, icc_profile, xmp, upright_exif(exif) if exif else None)
-        else:
-            u8 = (a * 255.0 + 0.5).astype(np.uint8)
-            mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[u8.shape[2]]
-            im = Image.fromarray(u8[..., 0] if mode == "L" else u8, mode)
-            kw: dict = {}
-            if icc_profile:
-                kw["icc_profile"] = icc_profile
-            if exif:
-                kw["exif"] = upright_exif(exif)
-            if xmp and fmt == "PNG":
-                kw["pnginfo"] = PngImagePlugin.PngInfo()
-                kw["pnginfo"].add_itxt(_PNG_XMP_KEY, xmp.decode("utf-8", "replace"))
-            elif xmp and fmt == "TIFF":
-                kw["tiffinfo"] = {700: xmp}
-            elif xmp:
-                kw["xmp"] = xmp
-            if fmt in _LOSSY:
-                kw["quality"] = int(quality)
-            if fmt == "TIFF":
-                kw["compression"] = "tiff_deflate"
-            im.save(tmp, format=fmt, **kw)
+    xmp = upright_xmp(xmp) if xmp else None
+    try:
+        with replacing(path) as tmp:
+            _encode(tmp, fmt, a, bit_depth, icc_profile, exif, xmp, quality)
+    except (OSError, ValueError, RuntimeError) as exc:  # a full disk, a read-only folder, an encoder's refusal
+        raise ImageError(f"could not write {path.name}: {exc}",
+                         "check that the folder is writable and has room, or choose another format") from exc
+
+
+def _encode(tmp: Path, fmt: str, a: np.ndarray, bit_depth: int, icc: bytes | None, exif: bytes | None,
+            xmp: bytes | None, quality: int) -> None:
+    """(H, W, 1-4) float pixels in [0, 1] into the file `tmp` in format `fmt`."""
+    if bit_depth == 16 and fmt == "HEIF":
+        _write_heif_deep(tmp, a, icc, exif, xmp, quality)
+        return
+    if bit_depth == 16:
+        _write_16bit(tmp, fmt, a, icc, xmp, upright_exif(exif) if exif else None)
+        return
+    u8 = (a * 255.0 + 0.5).astype(np.uint8)
+    mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[u8.shape[2]]
+    im = Image.fromarray(u8[..., 0] if mode == "L" else u8, mode)
+    kw: dict = {}
+    if icc:
+        kw["icc_profile"] = icc
+    if exif:
+        kw["exif"] = upright_exif(exif)
+    if xmp and fmt == "PNG":
+        kw["pnginfo"] = PngImagePlugin.PngInfo()
+        kw["pnginfo"].add_itxt(_PNG_XMP_KEY, xmp.decode("utf-8", "replace"))
+    elif xmp and fmt == "TIFF":
+        kw["tiffinfo"] = {700: xmp}
+    elif xmp:
+        kw["xmp"] = xmp
+    if fmt in _LOSSY:
+        kw["quality"] = int(quality)
+    if fmt == "TIFF":
+        kw["compression"] = "tiff_deflate"
+    im.save(tmp, format=fmt, **kw)
 
 
 _PNG_XMP_KEY = "XML:com.adobe.xmp"

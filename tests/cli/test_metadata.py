@@ -58,3 +58,22 @@ def test_a_16bit_png_keeps_the_cameras_exif(tmp_path) -> None:
     back = Image.open(dst).getexif()
     assert imageio.read_image(dst).bit_depth == 16
     assert back.get(0x010F) == "LoRA-IR test camera" and back.get(0x0112) == 1
+
+
+def test_a_write_that_fails_says_why_and_leaves_nothing_behind(small_model_path, tmp_path, capsys,
+                                                              monkeypatch) -> None:
+    """A full disk (or an encoder that refuses) during the write: one clear error, no half-written or
+    temporary file, the input untouched."""
+    src = tmp_path / "in.png"
+    _photo().save(src)
+    before = src.read_bytes()
+
+    def full_disk(self, fp, *args, **kwargs):  # type: ignore[no-untyped-def]
+        Path(fp).write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full_disk)
+    rc = main(["restore", str(src), "-o", str(tmp_path / "out.jpg"), "--model", str(small_model_path)])
+    err = capsys.readouterr().err
+    assert rc != 0 and "error: could not write out.jpg" in err and "No space left" in err and "has room" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"] and src.read_bytes() == before
