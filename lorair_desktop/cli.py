@@ -69,8 +69,9 @@ class _Progress:
                   end="" if done < total else "\n", file=sys.stderr, flush=True)
 
 
-def restore_jobs(inputs: list[str], output: str, force: bool, suffix: str = "") -> list[tuple[Path, Path]]:
-    """(input, output) pairs, every one checked before anything is restored: one file to ``-o FILE``,
+def restore_jobs(inputs: list[str], output: str, force: bool, suffix: str = "") -> tuple[list[tuple[Path, Path]], bool]:
+    """(input, output) pairs, and whether they go into a folder; every one is checked before anything
+    is restored: one file to ``-o FILE``,
     or files and folders (their images, not recursive) to ``-o FOLDER``, made if missing, each
     result named after its input (``imageio.output_name``). An input is never written over there."""
     from . import imageio
@@ -89,7 +90,7 @@ def restore_jobs(inputs: list[str], output: str, force: bool, suffix: str = "") 
             raise LoraIRError("--format names the format of results in an output folder",
                               f"give -o a folder, or write the suffix in the file name ({out.stem}{suffix})")
         imageio.check_output_path(paths[0], out, force)
-        return [(paths[0], out)]
+        return [(paths[0], out)], False
     files: list[Path] = []
     for p in paths:
         if p.is_dir():
@@ -120,18 +121,17 @@ def restore_jobs(inputs: list[str], output: str, force: bool, suffix: str = "") 
             raise LoraIRError(f"{dst} already exists", "choose another output folder or add --force")
         jobs.append((src, dst))
     out.mkdir(parents=True, exist_ok=True)
-    return jobs
+    return jobs, True
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    from . import imageio
     from .core import Restorer, load_model
     from .core.routing import parse_experts_arg
 
-    if not 1 <= args.quality <= 100:  # before the restore: the encoder would refuse it only after
-        raise LoraIRError(f"--quality {args.quality} is out of range", "use a quality from 1 to 100")
-    jobs = restore_jobs(args.input, args.output, args.force, args.format)
-    single = len(jobs) == 1 and not Path(args.output).is_dir()
-    first = _read_for_restore(*jobs[0], args) if single else None  # a bad file fails before the model loads
+    imageio.check_quality(args.quality)  # before the restore: the encoder would refuse it only after
+    jobs, into_folder = restore_jobs(args.input, args.output, args.force, args.format)
+    first = None if into_folder else _read_for_restore(*jobs[0], args)  # a bad file fails before the model loads
     model = load_model(args.model)
     overrides, keep = parse_experts_arg(args.experts, model.experts)
     restorer = Restorer(model, device=args.device, precision=args.precision)

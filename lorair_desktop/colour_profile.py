@@ -32,8 +32,10 @@ def _xyz(x: float, y: float) -> np.ndarray:
     return np.array([x / y, 1.0, (1.0 - x - y) / y])
 
 
-def rgb_to_xyz_d50(primaries: Sequence[tuple[float, float]], white: tuple[float, float]) -> np.ndarray:
-    """The 3x3 matrix from linear RGB to D50 XYZ (columns: the colorants), white scaled to Y = 1."""
+def rgb_to_xyz_d50(primaries: Sequence[tuple[float, float]],
+                   white: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """The 3x3 matrix from linear RGB to D50 XYZ (columns: the colorants, white scaled to Y = 1), and
+    the Bradford adaptation from the white to D50 that it includes (the profile's 'chad' tag)."""
     p = np.stack([_xyz(*xy) for xy in primaries], axis=1)
     w = _xyz(*white)
     m = p * np.linalg.solve(p, w)[None, :]

@@ -406,6 +406,12 @@ def output_name(src: Path, suffix: str = "") -> str:
     return f"{src.stem}{suffix or (own if own in WRITE_FORMATS else '.png')}"
 
 
+def check_quality(quality: int) -> None:
+    """Lossy writers take 1-100; outside it an encoder fails with a bare 'Invalid parameter value'."""
+    if not 1 <= int(quality) <= 100:
+        raise ImageError(f"quality {quality} is out of range", "use a quality from 1 to 100")
+
+
 def check_output_path(src: Path | None, dst: Path, force: bool) -> str:
     """The format for dst; refuses to overwrite the input (or anything) without force."""
     fmt = WRITE_FORMATS.get(dst.suffix.lower())
@@ -444,6 +450,8 @@ def write_image(
     fmt = WRITE_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise ImageError(f"cannot write '{path.suffix}' files", f"use one of {', '.join(sorted(WRITE_FORMATS))}")
+    if fmt in _LOSSY:
+        check_quality(quality)
     if bit_depth == 16 and fmt not in _SIXTEEN_BIT:
         bit_depth = 8  # JPEG, WebP and AVIF (as Pillow writes it) are 8-bit formats
     has_alpha = alpha is not None and fmt != "JPEG"
@@ -479,18 +487,12 @@ def _encode(tmp: Path, fmt: str, a: np.ndarray, bit_depth: int, icc: bytes | Non
     u8 = (a * 255.0 + 0.5).astype(np.uint8)
     mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[u8.shape[2]]
     im = Image.fromarray(u8[..., 0] if mode == "L" else u8, mode)
-    kw: dict = {}
-    if icc:
-        kw["icc_profile"] = icc
-    if exif:
-        kw["exif"] = upright_exif(exif)
-    if xmp and fmt == "PNG":
+    kw = _metadata_kwargs(icc, exif, xmp if fmt not in ("PNG", "TIFF") else None)
+    if xmp and fmt == "PNG":  # Pillow's PNG and TIFF writers take XMP only as a chunk / a tag
         kw["pnginfo"] = PngImagePlugin.PngInfo()
         kw["pnginfo"].add_itxt(_PNG_XMP_KEY, xmp.decode("utf-8", "replace"))
     elif xmp and fmt == "TIFF":
         kw["tiffinfo"] = {700: xmp}
-    elif xmp:
-        kw["xmp"] = xmp
     if fmt in _LOSSY:
         kw["quality"] = int(quality)
     if fmt == "TIFF":
@@ -566,14 +568,19 @@ def _write_heif_deep(tmp: Path, a: np.ndarray, icc: bytes | None, exif: bytes | 
     u16 = np.ascontiguousarray((a * 65535.0 + 0.5).astype(np.uint16))
     mode = "RGBA;16" if u16.shape[2] == 4 else "RGB;16"
     heif = pillow_heif.from_bytes(mode=mode, size=(u16.shape[1], u16.shape[0]), data=u16.tobytes())
-    kw: dict = {"quality": int(quality)}
+    heif.save(tmp, quality=int(quality), **_metadata_kwargs(icc, exif, xmp))
+
+
+def _metadata_kwargs(icc: bytes | None, exif: bytes | None, xmp: bytes | None) -> dict:
+    """The profile and metadata as Pillow's writers and pillow-heif's both take them."""
+    kw: dict = {}
     if icc:
         kw["icc_profile"] = icc
     if exif:
         kw["exif"] = upright_exif(exif)
     if xmp:
         kw["xmp"] = xmp
-    heif.save(tmp, **kw)
+    return kw
 
 
 def _png_insert(png: bytes, kind: bytes, body: bytes) -> bytes:

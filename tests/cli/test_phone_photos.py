@@ -108,6 +108,9 @@ def test_avif_and_heic_keep_alpha_and_take_the_quality(small_model_path, tmp_pat
                    "--quality", bad])
         assert rc != 0 and "use a quality from 1 to 100" in capsys.readouterr().err
         assert not (tmp_path / f"bad{ext}").exists()
+    with pytest.raises(imageio.ImageError, match="quality 0 is out of range"):  # the app's and batch's writer too
+        imageio.write_image(tmp_path / f"app{ext}", read.rgb, quality=0)
+    assert not (tmp_path / f"app{ext}").exists()
 
 
 def test_a_heic_with_several_images_is_never_written_over(small_model_path, tmp_path, capsys) -> None:
