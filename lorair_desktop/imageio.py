@@ -1,7 +1,7 @@
 """Reading and writing images for restoration, keeping what the user cares about.
 
 numpy + Pillow + OpenCV only (no torch, no Qt): the CLI, the worker tools and the app share it.
-- 8-bit and 16-bit per channel (16-bit PNG through OpenCV, 16-bit TIFF through tifffile, which keep
+- 8-bit and 16-bit per channel (16-bit PNG through OpenCV, TIFF through tifffile (`tiff_file`), which keep
   the depth; Pillow reads 8-bit formats, EXIF orientation and the ICC profile);
 - alpha is split off and passed through untouched; palette images become RGB; CMYK is converted to
   sRGB through its own profile (``converted`` says so: such a file is never written over);
@@ -35,6 +35,7 @@ from PIL import Image, ImageCms, ImageOps, PngImagePlugin, UnidentifiedImageErro
 from .atomic import replacing
 from .colour_profile import hdr_coding, profile_for_nclx
 from .errors import ImageError
+from .tiff_file import exif_of_tiff, write_tiff
 
 pillow_heif.register_heif_opener()  # Pillow opens and saves HEIF/HEIC from here on, in every process
 
@@ -133,7 +134,7 @@ def _read_image(path: Path, max_pixels: int) -> LoadedImage:
             _check_pixels(w, h, path, max_pixels)
             fmt = im.format or ""
             icc = im.info.get("icc_profile")
-            exif = im.info.get("exif")
+            exif = im.info.get("exif") or (exif_of_tiff(im) if fmt == "TIFF" else None)
             xmp = _xmp_bytes(im.info.get("xmp"))
             orientation = im.getexif().get(0x0112, 1)
             frames = max(1, int(getattr(im, "n_frames", 1)))
@@ -439,8 +440,7 @@ def write_image(
 ) -> None:
     """Write atomically (temp file + rename), so a failure never leaves a half-written file.
 
-    `exif` (as read) is kept, its orientation reset to 1 (pixels are upright), on every output but a
-    16-bit TIFF.
+    `exif` (as read) is kept, its orientation reset to 1 (pixels are upright), on every output.
     `xmp` is kept on every output (`upright_xmp`: its orientation reset, a gain map it describes gone).
     `grey` writes one channel, the mean of the three, where the format holds it (WebP does not, and
     16-bit grey with alpha is not read back by Pillow: those get the grey value in all three). A
@@ -481,22 +481,22 @@ def _encode(tmp: Path, fmt: str, a: np.ndarray, bit_depth: int, icc: bytes | Non
     if bit_depth == 16 and fmt == "HEIF":
         _write_heif_deep(tmp, a, icc, exif, xmp, quality)
         return
+    if fmt == "TIFF":
+        top, kind = (65535.0, np.uint16) if bit_depth == 16 else (255.0, np.uint8)
+        write_tiff(tmp, (a * top + 0.5).astype(kind), icc, xmp, upright_exif(exif) if exif else None)
+        return
     if bit_depth == 16:
-        _write_16bit(tmp, fmt, a, icc, xmp, upright_exif(exif) if exif else None)
+        _write_16bit_png(tmp, a, icc, xmp, upright_exif(exif) if exif else None)
         return
     u8 = (a * 255.0 + 0.5).astype(np.uint8)
     mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[u8.shape[2]]
     im = Image.fromarray(u8[..., 0] if mode == "L" else u8, mode)
-    kw = _metadata_kwargs(icc, exif, xmp if fmt not in ("PNG", "TIFF") else None)
-    if xmp and fmt == "PNG":  # Pillow's PNG and TIFF writers take XMP only as a chunk / a tag
+    kw = _metadata_kwargs(icc, exif, xmp if fmt != "PNG" else None)
+    if xmp and fmt == "PNG":  # Pillow's PNG writer takes XMP only as a chunk
         kw["pnginfo"] = PngImagePlugin.PngInfo()
         kw["pnginfo"].add_itxt(_PNG_XMP_KEY, xmp.decode("utf-8", "replace"))
-    elif xmp and fmt == "TIFF":
-        kw["tiffinfo"] = {700: xmp}
     if fmt in _LOSSY:
         kw["quality"] = int(quality)
-    if fmt == "TIFF":
-        kw["compression"] = "tiff_deflate"
     im.save(tmp, format=fmt, **kw)
 
 
@@ -536,17 +536,10 @@ def upright_exif(exif: bytes) -> bytes:
     return tags.tobytes()
 
 
-def _write_16bit(tmp: Path, fmt: str, a: np.ndarray, icc: bytes | None, xmp: bytes | None = None,
-                 exif: bytes | None = None) -> None:
-    """16-bit PNG (OpenCV, chunks added here) or TIFF (tifffile); EXIF goes into PNGs only."""
+def _write_16bit_png(tmp: Path, a: np.ndarray, icc: bytes | None, xmp: bytes | None, exif: bytes | None) -> None:
+    """16-bit PNG through OpenCV, the profile and metadata chunks added here."""
     u16 = (a * 65535.0 + 0.5).astype(np.uint16)
     colour = u16.shape[2] >= 3
-    if fmt == "TIFF":
-        extra = {"extrasamples": ("unassalpha",)} if u16.shape[2] == 4 else {}
-        tags = [(700, 1, len(xmp), xmp, True)] if xmp else []
-        tifffile.imwrite(tmp, u16 if colour else u16[..., 0], photometric="rgb" if colour else "minisblack",
-                         compression="zlib", iccprofile=icc, extratags=tags, **extra)
-        return
     bgr = u16[..., [2, 1, 0, 3]] if u16.shape[2] == 4 else u16[..., ::-1] if colour else u16[..., 0]
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(bgr))
     if not ok:

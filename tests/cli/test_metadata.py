@@ -1,12 +1,14 @@
 """A photo's metadata travels with its restore: XMP (keywords, rating, caption, Lightroom's edits)
 into every format, 8 and 16 bits, with its orientation reset as EXIF's is, and without the gain map an
-Ultra HDR photo's XMP describes (the app's batch: tests/app/test_window.py)."""
+Ultra HDR photo's XMP describes; the camera's EXIF whole, TIFFs included (the app's batch:
+tests/app/test_window.py)."""
 
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from PIL.TiffImagePlugin import IFDRational
 
 from lorair_desktop import imageio
 from lorair_desktop.cli import main
@@ -49,15 +51,63 @@ def test_xmp_travels_at_16_bits(tmp_path, ext) -> None:
     _check_xmp(dst)
 
 
-def test_a_16bit_png_keeps_the_cameras_exif(tmp_path) -> None:
-    tags = Image.new("RGB", (4, 4)).getexif()
-    tags[0x010F], tags[0x0112] = "LoRA-IR test camera", 6
-    dst = tmp_path / "deep.png"
-    imageio.write_image(dst, np.random.default_rng(2).random((16, 16, 3)).astype(np.float32), bit_depth=16,
-                        exif=tags.tobytes())
-    back = Image.open(dst).getexif()
-    assert imageio.read_image(dst).bit_depth == 16
-    assert back.get(0x010F) == "LoRA-IR test camera" and back.get(0x0112) == 1
+def _camera_exif() -> bytes:
+    """EXIF as a camera writes it: text tags in IFD0, exposure in the Exif IFD (with its
+    interoperability IFD), a position in the GPS IFD, and an orientation to turn upright."""
+    tags = Image.Exif()
+    tags[0x010F], tags[0x0110], tags[0x0132], tags[0x0112] = "LoRA-IR test camera", "Model 7", "2026:01:02 03:04:05", 6
+    tags[0x8769] = {0x829A: IFDRational(1, 250), 0x8827: 400, 0x9003: "2026:01:02 03:04:05", 0xA005: {1: "R98"}}
+    tags[0x8825] = {1: "N", 2: (52.0, 30.0, 15.5)}
+    return tags.tobytes()
+
+
+def _check_camera_exif(path: Path) -> None:
+    with Image.open(path) as im:
+        back = im.getexif()
+        assert back.get(0x010F) == "LoRA-IR test camera" and back.get(0x0110) == "Model 7"
+        assert back.get(0x0132) == "2026:01:02 03:04:05" and back.get(0x0112, 1) == 1
+        exposure = back.get_ifd(0x8769)
+        assert float(exposure[0x829A]) == 1 / 250 and exposure.get(0x8827) == 400
+        assert back.get_ifd(0xA005).get(1) == "R98"
+        assert back.get_ifd(0x8825).get(2) == (52.0, 30.0, 15.5)
+
+
+@pytest.mark.parametrize(("ext", "depth"), [(".png", 16), (".tif", 8), (".tif", 16), (".jpg", 8)])
+def test_the_cameras_exif_travels_whole(tmp_path, ext, depth) -> None:
+    """Make, date, exposure, GPS: at 16 bits too, and into TIFFs, which hold EXIF in IFDs of their own
+    (an 8-bit TIFF of a camera photo could not be written at all: libtiff refused the Exif pointer)."""
+    dst = tmp_path / f"out{ext}"
+    imageio.write_image(dst, np.random.default_rng(2).random((16, 24, 3)).astype(np.float32), bit_depth=depth,
+                        exif=_camera_exif())
+    assert imageio.read_image(dst).bit_depth == depth
+    _check_camera_exif(dst)
+    if ext == ".tif":  # a second reader finds the same IFDs
+        import tifffile
+
+        with tifffile.TiffFile(dst) as tf:
+            page = tf.pages[0]
+            assert page.tags["ExifTag"].value["ISOSpeedRatings"] == 400
+            assert page.tags["GPSTag"].value["GPSLatitudeRef"] == "N"
+            assert "ImageDescription" not in page.tags  # no JSON shape caption of tifffile's own
+
+
+def test_a_camera_photo_restored_into_a_tiff_and_back_keeps_its_exif(small_model_path, tmp_path, capsys) -> None:
+    """The CLI: a camera JPEG into a TIFF, that TIFF into a JPEG; the EXIF read from a TIFF is its
+    photo's tags (not its strip offsets and sizes), so it travels on."""
+    src = tmp_path / "camera.jpg"
+    _photo().save(src, quality=95, exif=_camera_exif())
+    tif, jpg = tmp_path / "restored.tif", tmp_path / "again.jpg"
+    for a, b in ((src, tif), (tif, jpg)):
+        assert main(["restore", str(a), "-o", str(b), "--model", str(small_model_path), "-q"]) == 0, capsys.readouterr()
+        _check_camera_exif(b)
+    assert Image.open(jpg).size == (40, 56)  # turned upright once, on the first read
+    assert 0x0111 not in Image.open(jpg).getexif()  # StripOffsets: the TIFF's, left behind
+
+
+def test_exif_that_cannot_be_read_is_left_out_of_a_tiff(tmp_path) -> None:
+    dst = tmp_path / "out.tif"
+    imageio.write_image(dst, np.zeros((8, 8, 3), np.float32), exif=b"Exif\x00\x00II*\x00\xff\xff\xff\x7f")
+    assert imageio.read_image(dst).rgb.shape == (8, 8, 3)
 
 
 def test_a_write_that_fails_says_why_and_leaves_nothing_behind(small_model_path, tmp_path, capsys,
