@@ -80,7 +80,7 @@ class LoadedImage:
     icc_profile: bytes | None = None
     exif: bytes | None = None
     source_format: str = ""
-    info: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)  # e.g. bits_per_sample: a 10-bit HEIF's 10 (bit_depth is 16)
     grey: bool = False  # one colour channel in the file: written back grey
     frames: int = 1  # frames or pages in the file (animation, multi-page TIFF): only the first is read
     converted: str = ""  # the file's colour model when it was converted on read ("CMYK"): written as RGB
@@ -144,8 +144,9 @@ def _read_image(path: Path, max_pixels: int) -> LoadedImage:
                 rgb, _, _ = _from_pil(rgb_im)
                 return LoadedImage(rgb, None, 8, SRGB_ICC, exif, fmt, {"converted_with_profile": profiled},
                                    frames=frames, converted="CMYK", xmp=xmp)
+            file_bits = int(im.info.get("bit_depth") or 8) if fmt == "HEIF" else 16
             sixteen = (mode in ("I;16", "I;16B", "I;16L", "I") or (fmt in ("PNG", "TIFF") and _is_16bit(path, im))
-                       or (fmt == "HEIF" and int(im.info.get("bit_depth") or 8) > 8))
+                       or (fmt == "HEIF" and file_bits > 8))
             extras = _heif_extras(im.info) if fmt == "HEIF" else _jpeg_extras(im.info) if fmt == "JPEG" else ()
             if icc is None and fmt in ("HEIF", "AVIF"):  # colours named by code (nclx): as a profile
                 icc = profile_for_nclx(im.info.get("nclx_profile"))
@@ -168,7 +169,9 @@ def _read_image(path: Path, max_pixels: int) -> LoadedImage:
     else:
         rgb, alpha, grey = _read_16bit(path)
     rgb, alpha = _orient(rgb, orientation), None if alpha is None else _orient(alpha, orientation)
-    return LoadedImage(rgb, alpha, 16, icc, exif, fmt, grey=grey, frames=frames, extras=extras, xmp=xmp)
+    # a 10/12-bit HEIF is held at 16 bits; what the file had is told, not "16-bit"
+    info = {"bits_per_sample": file_bits} if fmt == "HEIF" else {}
+    return LoadedImage(rgb, alpha, 16, icc, exif, fmt, info, grey=grey, frames=frames, extras=extras, xmp=xmp)
 
 
 # Auxiliary images a phone stores beside a HEIF's picture, by the type URN's telling part: an iPhone

@@ -211,7 +211,7 @@ class MainWindow(WindowMenus):
         if doc is None:
             self.image_label.setText("")
         else:
-            depth = f"{doc.meta.bit_depth}-bit"
+            depth = f"{doc.meta.extra.get('bits_per_sample', doc.meta.bit_depth)}-bit"
             fmt = doc.meta.source_format or (doc.path.suffix[1:].upper() if doc.path else "")
             icc = " · ICC" if doc.meta.icc_profile else ""
             colour = ("Grey" if doc.meta.grey else "RGB") + (" + alpha" if doc.has_alpha else "")

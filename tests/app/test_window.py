@@ -206,7 +206,7 @@ def test_a_ten_bit_phone_photo_restores_and_saves_as_heif_at_its_depth(window, t
     before = src.read_bytes()
     assert window.open_file(src)
     doc = window.doc
-    assert doc.pixels.dtype == np.uint16 and "16-bit RGB · HEIF" in window.image_label.text()
+    assert doc.pixels.dtype == np.uint16 and "10-bit RGB · HEIF" in window.image_label.text()  # held at 16
     window.select_all()
     assert run_restore(window), window.message_bar.text
     assert window.save() and doc.path == src and not doc.dirty  # Save keeps the phone's format

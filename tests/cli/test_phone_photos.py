@@ -64,7 +64,7 @@ def test_ten_bit_heic_is_read_and_written_at_full_depth(tmp_path, capsys) -> Non
     heif = pillow_heif.from_bytes(mode="RGB;16", size=(1024, 16), data=(ramp << 6).tobytes())
     heif.save(src, quality=-1, chroma=444)  # lossless: the levels read back exactly
     img = imageio.read_image(src)
-    assert img.bit_depth == 16 and img.source_format == "HEIF"
+    assert img.bit_depth == 16 and img.source_format == "HEIF" and img.info["bits_per_sample"] == 10
     assert np.array_equal(img.rgb[:4], np.ones((4, 1024, 3), np.float32))
     assert np.allclose(img.rgb[4:], ramp[4:] / 1023.0, atol=1e-6)
 
