@@ -87,10 +87,17 @@ def to_qimage(pixels: np.ndarray) -> QImage:
     return img
 
 
+_QF = QImage.Format
+# formats of 32 bits a pixel or less that hold more than 8 bits a channel
+_DEEP_NARROW = frozenset((_QF.Format_Grayscale16, _QF.Format_RGB30, _QF.Format_BGR30, _QF.Format_A2RGB30_Premultiplied,
+                          _QF.Format_A2BGR30_Premultiplied))
+
+
 def from_qimage(img: QImage) -> np.ndarray:
     """Any QImage as (H, W, 3|4) pixels: uint16 where its format holds more than 8 bits a channel, else
     uint8; alpha only where the image has an alpha channel."""
-    deep = img.depth() > 32  # RGBA64, RGBX64, RGBA16FPx4, RGBA32FPx4: 16 or more bits a channel
+    # RGBA64, RGBX64, RGBA16FPx4, RGBA32FPx4 (16 or more bits a channel), 16-bit grey, 10-bit RGB
+    deep = img.depth() > 32 or img.format() in _DEEP_NARROW
     # the converted image must outlive the copy out of its view (a view does not keep it alive)
     conv = img.convertToFormat(QImage.Format.Format_RGBA64 if deep else QImage.Format.Format_RGBA8888)
     if deep:

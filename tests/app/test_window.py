@@ -463,3 +463,10 @@ def test_paste_restore_and_copy_back_through_the_clipboard(window, tmp_path: Pat
     clip.setImage(to_qimage(deep))  # a 16-bit copy from another editor keeps its depth
     assert window.paste_image() and window.doc.pixels.dtype == np.uint16
     assert np.array_equal(window.doc.pixels, deep)
+    grey16 = QImage(32, 20, QImage.Format.Format_Grayscale16)  # a 16-bit grey scan or mask
+    levels = np.arange(32 * 20, dtype=np.uint16).reshape(20, 32) * 97
+    view = np.frombuffer(grey16.bits(), np.uint16).reshape(20, grey16.bytesPerLine() // 2)
+    view[:, :32] = levels
+    clip.setImage(grey16)
+    assert window.paste_image() and window.doc.pixels.dtype == np.uint16
+    assert np.array_equal(window.doc.pixels, np.repeat(levels[..., None], 3, axis=2))  # not cut to 8 bits
