@@ -46,21 +46,26 @@ def sub_ifd(exif: Image.Exif, tag: int) -> dict:
 
 def exif_of_tiff(im: Image.Image) -> bytes | None:
     """The EXIF of a TIFF Pillow opened, as the EXIF block JPEG, PNG and HEIF writers take: its text
-    tags and its Exif and GPS IFDs; None where it has none. A damaged sub-IFD is left out."""
-    src = im.getexif()
-    out = Image.Exif()
-    for tag in TEXT_TAGS:
-        if tag in src:
-            out[tag] = src[tag]
-    for tag in SUB_IFDS:
-        try:
-            ifd = sub_ifd(src, tag)
-        except Exception as exc:  # Pillow raises many kinds on a damaged IFD
-            log.warning("left out the TIFF's damaged EXIF IFD 0x%04x: %s", tag, exc)
-            continue
-        if ifd:
-            out[tag] = ifd
-    return out.tobytes() if len(out) else None
+    tags and its Exif and GPS IFDs; None where it has none. Damaged EXIF is left out (the photo still
+    opens): a sub-IFD that cannot be read, or all of it where it cannot be laid out again."""
+    try:
+        src = im.getexif()
+        out = Image.Exif()
+        for tag in TEXT_TAGS:
+            if tag in src:
+                out[tag] = src[tag]
+        for tag in SUB_IFDS:
+            try:
+                ifd = sub_ifd(src, tag)
+            except Exception as exc:  # Pillow raises many kinds on a damaged IFD
+                log.warning("left out the TIFF's damaged EXIF IFD 0x%04x: %s", tag, exc)
+                continue
+            if ifd:
+                out[tag] = ifd
+        return out.tobytes() if len(out) else None
+    except Exception as exc:
+        log.warning("left out the TIFF's EXIF, which could not be read: %s", exc)
+        return None
 
 
 def write_tiff(path: Path, samples: np.ndarray, icc: bytes | None, xmp: bytes | None, exif: bytes | None) -> None:

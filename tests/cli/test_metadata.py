@@ -127,3 +127,24 @@ def test_a_write_that_fails_says_why_and_leaves_nothing_behind(small_model_path,
     err = capsys.readouterr().err
     assert rc != 0 and "error: could not write out.jpg" in err and "No space left" in err and "has room" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"] and src.read_bytes() == before
+
+
+def test_a_tiff_whose_exif_points_nowhere_still_opens(tmp_path) -> None:
+    """A TIFF whose Exif IFD pointer runs past the file's end (a truncated copy): the photo opens and
+    keeps what could be read of its EXIF."""
+    import struct
+
+    import tifffile
+
+    src = tmp_path / "broken.tif"
+    imageio.write_image(src, np.random.default_rng(3).random((16, 24, 3)).astype(np.float32), exif=_camera_exif())
+    with tifffile.TiffFile(src) as tf:
+        entry = tf.pages[0].tags["ExifTag"].offset
+    with open(src, "r+b") as fh:
+        fh.seek(entry + 8)
+        fh.write(struct.pack("<I", 10_000_000))
+    img = imageio.read_image(src)
+    assert img.rgb.shape == (16, 24, 3)
+    back = Image.Exif()
+    back.load(img.exif)
+    assert back.get(0x010F) == "LoRA-IR test camera" and not back.get_ifd(0x8769)
