@@ -108,7 +108,9 @@ def test_worker_killed_mid_restore_then_retry_starts_a_new_one(qapp, settings, s
             w.message_bar.text
         )
         first_pid = w.link.info.pid
-        assert w.open_file(write(tmp_path / f"k{EXT}", 256, 256, seed=8))
+        # 100 small tiles: the worker is still at work when the app acts on its first progress report,
+        # even where the machine is so loaded that the app reads its messages late
+        assert w.open_file(write(tmp_path / f"k{EXT}", 640, 640, seed=8))
         orig = w.doc.pixels.copy()
         w.panel.tile_spin.setValue(64)
         killed: list = []
@@ -131,6 +133,7 @@ def test_worker_killed_mid_restore_then_retry_starts_a_new_one(qapp, settings, s
 
         got: list = []
         w.controller.restored.connect(got.append)
+        w.panel.tile_spin.setValue(0)  # Auto: the retry need not crawl through small tiles
         w.message_bar.action_button.click()  # Retry: the bridge starts a fresh worker on demand
         assert process_until(lambda: bool(got) or (not w.controller.busy and w.message_bar.isVisible()), 240)
         assert got, w.message_bar.text
