@@ -163,7 +163,7 @@ def _read_image(path: Path, max_pixels: int) -> LoadedImage:
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"cannot read {path.name}: {exc}", "the file is damaged or not an image") from exc
     if fmt == "TIFF":  # never OpenCV: it scrambles planar RGB and drops grey's alpha without a word
-        rgb, alpha, grey = _read_tiff(path, max_pixels).pixels()
+        rgb, alpha, grey = _read_tiff(path, max_pixels, with_exif=False).pixels()  # Pillow read the EXIF
     elif fmt == "HEIF":  # 10/12-bit, as phones shoot HDR; libheif has turned it upright already
         rgb, alpha, grey = _read_heif_deep(path)
     else:
@@ -245,7 +245,7 @@ def _is_tiff(path: Path) -> bool:
         return f.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
-def _read_tiff(path: Path, max_pixels: int) -> LoadedImage:
+def _read_tiff(path: Path, max_pixels: int, with_exif: bool = True) -> LoadedImage:
     """A TIFF Pillow cannot open, through tifffile: 8- or 16-bit grey or RGB, with or without alpha,
     channels interleaved or planar; its first page (EXIF orientation is not applied here)."""
     quiet = logging.getLogger("tifffile")
@@ -291,7 +291,7 @@ def _read_tiff(path: Path, max_pixels: int) -> LoadedImage:
     grey = a.shape[2] == 1
     rgb = np.repeat(a, 3, axis=2) if grey else a
     return LoadedImage(np.ascontiguousarray(rgb.astype(np.float32) / top), alpha, 16 if top > 255 else 8, icc,
-                       None, "TIFF", grey=grey, frames=frames, xmp=xmp)
+                       exif_of_tiff(path) if with_exif else None, "TIFF", grey=grey, frames=frames, xmp=xmp)
 
 
 def _is_16bit(path: Path, im: Image.Image) -> bool:

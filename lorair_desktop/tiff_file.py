@@ -44,12 +44,17 @@ def sub_ifd(exif: Image.Exif, tag: int) -> dict:
     return ifd
 
 
-def exif_of_tiff(im: Image.Image) -> bytes | None:
-    """The EXIF of a TIFF Pillow opened, as the EXIF block JPEG, PNG and HEIF writers take: its text
-    tags and its Exif and GPS IFDs; None where it has none. Damaged EXIF is left out (the photo still
-    opens): a sub-IFD that cannot be read, or all of it where it cannot be laid out again."""
+def exif_of_tiff(source: Image.Image | Path) -> bytes | None:
+    """The EXIF of a TIFF, as the EXIF block JPEG, PNG and HEIF writers take: its text tags and its
+    Exif and GPS IFDs; None where it has none. `source`: the TIFF opened by Pillow, or the path of
+    one Pillow cannot open (its first IFD is parsed from the file). Damaged EXIF is left out (the
+    photo still opens): a sub-IFD that cannot be read, or all of it where it cannot be laid out again."""
     try:
-        src = im.getexif()
+        if isinstance(source, Path):
+            src = Image.Exif()
+            src.load(source.read_bytes())  # a TIFF file is laid out as an EXIF block is
+        else:
+            src = source.getexif()
         out = Image.Exif()
         for tag in TEXT_TAGS:
             if tag in src:

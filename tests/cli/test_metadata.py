@@ -148,3 +148,21 @@ def test_a_tiff_whose_exif_points_nowhere_still_opens(tmp_path) -> None:
     back = Image.Exif()
     back.load(img.exif)
     assert back.get(0x010F) == "LoRA-IR test camera" and not back.get_ifd(0x8769)
+
+
+def test_the_exif_of_a_tiff_pillow_cannot_open_is_read_too(tmp_path) -> None:
+    """16-bit grey with alpha (as GIMP writes it) is read by tifffile alone; its EXIF still travels."""
+    from PIL import UnidentifiedImageError
+
+    from lorair_desktop.tiff_file import write_tiff
+
+    src = tmp_path / "grey_alpha.tif"
+    samples = (np.random.default_rng(4).random((12, 20, 2)) * 65535).astype(np.uint16)
+    write_tiff(src, samples, None, None, imageio.upright_exif(_camera_exif()))
+    with pytest.raises(UnidentifiedImageError):
+        Image.open(src)
+    img = imageio.read_image(src)
+    assert img.bit_depth == 16 and img.grey and img.alpha is not None
+    dst = tmp_path / "out.jpg"
+    imageio.write_image(dst, img.rgb, exif=img.exif)
+    _check_camera_exif(dst)
