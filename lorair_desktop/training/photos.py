@@ -219,13 +219,31 @@ def extract_deb(deb: Path, outdir: Path) -> Path:
         if name.startswith("data.tar"):
             try:
                 with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
-                    tar.extractall(outdir, filter="data")
+                    _extract_data(tar, outdir, deb.name)
             except tarfile.TarError as exc:
                 raise PhotoFetchError(
                     f"cannot unpack {deb.name}: {exc}", "install dpkg (its data archive may use zstd)"
                 ) from exc
             return outdir
     raise PhotoFetchError(f"{deb.name} has no data archive", "delete it and fetch again")
+
+
+def _extract_data(tar: tarfile.TarFile, outdir: Path, name: str) -> None:
+    """Unpack only what lands inside ``outdir``: tarfile's "data" filter where this Python has it
+    (3.11.4 and later; Debian 12 ships 3.11.2), else its files and folders whose paths stay inside
+    (links and devices skipped: photos need neither)."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(outdir, filter="data")
+        return
+    root = outdir.resolve()
+    safe = []
+    for member in tar.getmembers():
+        if not (member.isfile() or member.isdir()):
+            continue
+        if not (root / member.name).resolve().is_relative_to(root):
+            raise PhotoFetchError(f"{name} holds a path outside its folder: {member.name}", "delete it and fetch again")
+        safe.append(member)
+    tar.extractall(outdir, members=safe)  # every member checked above
 
 
 def _find_deb(deb_dir: Path, package: str) -> Path | None:

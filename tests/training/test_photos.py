@@ -195,3 +195,31 @@ def test_real_fetch() -> None:
     good, bad = P.verify_photos(dest)
     assert bad == [] and len(good) == len(P.load_manifest())
     assert dest == P.default_photo_dir()
+
+
+@pytest.mark.parametrize("data_filter", [True, False])
+def test_a_deb_whose_data_reaches_outside_its_folder_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                data_filter: bool) -> None:
+    """Unpacked without dpkg: a member named ../x is refused, on Pythons with tarfile's data filter
+    and on those without it (Debian 12's 3.11.2); nothing is written outside."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        body = b"not a photo"
+        info = tarfile.TarInfo("../escaped.txt")
+        info.size = len(body)
+        tar.addfile(info, io.BytesIO(body))
+    data = buf.getvalue()
+    deb = tmp_path / "evil_1.0_all.deb"
+    members = [(b"debian-binary", b"2.0\n"), (b"data.tar.gz", data)]
+    out = b"!<arch>\n"
+    for name, body in members:
+        out += name.ljust(16) + b"0".ljust(12) + b"0".ljust(6) + b"0".ljust(6) + b"100644".ljust(8)
+        out += str(len(body)).encode().ljust(10) + b"`\n" + body + (b"\n" if len(body) % 2 else b"")
+    deb.write_bytes(out)
+    real_which = shutil.which
+    monkeypatch.setattr(P.shutil, "which", lambda cmd: None if cmd == "dpkg" else real_which(cmd))
+    if not data_filter and hasattr(P.tarfile, "data_filter"):
+        monkeypatch.delattr(P.tarfile, "data_filter")
+    with pytest.raises(P.PhotoFetchError):
+        P.extract_deb(deb, tmp_path / "x" / "out")
+    assert not (tmp_path / "x" / "escaped.txt").exists()
