@@ -144,9 +144,9 @@ def _read_image(path: Path, max_pixels: int) -> LoadedImage:
                 rgb, _, _ = _from_pil(rgb_im)
                 return LoadedImage(rgb, None, 8, SRGB_ICC, exif, fmt, {"converted_with_profile": profiled},
                                    frames=frames, converted="CMYK", xmp=xmp)
-            file_bits = int(im.info.get("bit_depth") or 8) if fmt == "HEIF" else 16
+            heif_bits = int(im.info.get("bit_depth") or 8) if fmt == "HEIF" else 0
             sixteen = (mode in ("I;16", "I;16B", "I;16L", "I") or (fmt in ("PNG", "TIFF") and _is_16bit(path, im))
-                       or (fmt == "HEIF" and file_bits > 8))
+                       or heif_bits > 8)
             extras = _heif_extras(im.info) if fmt == "HEIF" else _jpeg_extras(im.info) if fmt == "JPEG" else ()
             if icc is None and fmt in ("HEIF", "AVIF"):  # colours named by code (nclx): as a profile
                 icc = profile_for_nclx(im.info.get("nclx_profile"))
@@ -158,19 +158,21 @@ def _read_image(path: Path, max_pixels: int) -> LoadedImage:
         raise
     except UnidentifiedImageError as exc:
         if _is_tiff(path):  # e.g. 16-bit grey with alpha, as GIMP writes it
-            return _read_tiff(path, max_pixels)
+            img = _read_tiff(path, max_pixels)
+            img.exif = exif_of_tiff(path)
+            return img
         raise ImageError(f"cannot read {path.name}: {exc}", "the file is damaged or not an image") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"cannot read {path.name}: {exc}", "the file is damaged or not an image") from exc
     if fmt == "TIFF":  # never OpenCV: it scrambles planar RGB and drops grey's alpha without a word
-        rgb, alpha, grey = _read_tiff(path, max_pixels, with_exif=False).pixels()  # Pillow read the EXIF
+        rgb, alpha, grey = _read_tiff(path, max_pixels).pixels()
     elif fmt == "HEIF":  # 10/12-bit, as phones shoot HDR; libheif has turned it upright already
         rgb, alpha, grey = _read_heif_deep(path)
     else:
         rgb, alpha, grey = _read_16bit(path)
     rgb, alpha = _orient(rgb, orientation), None if alpha is None else _orient(alpha, orientation)
     # a 10/12-bit HEIF is held at 16 bits; what the file had is told, not "16-bit"
-    info = {"bits_per_sample": file_bits} if fmt == "HEIF" else {}
+    info = {"bits_per_sample": heif_bits} if heif_bits else {}
     return LoadedImage(rgb, alpha, 16, icc, exif, fmt, info, grey=grey, frames=frames, extras=extras, xmp=xmp)
 
 
@@ -245,9 +247,10 @@ def _is_tiff(path: Path) -> bool:
         return f.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
-def _read_tiff(path: Path, max_pixels: int, with_exif: bool = True) -> LoadedImage:
+def _read_tiff(path: Path, max_pixels: int) -> LoadedImage:
     """A TIFF Pillow cannot open, through tifffile: 8- or 16-bit grey or RGB, with or without alpha,
-    channels interleaved or planar; its first page (EXIF orientation is not applied here)."""
+    channels interleaved or planar; its first page (EXIF orientation is not applied here, nor is the
+    EXIF read: `exif_of_tiff`)."""
     quiet = logging.getLogger("tifffile")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # its warnings about a damaged file would print beside our one error
@@ -291,7 +294,7 @@ def _read_tiff(path: Path, max_pixels: int, with_exif: bool = True) -> LoadedIma
     grey = a.shape[2] == 1
     rgb = np.repeat(a, 3, axis=2) if grey else a
     return LoadedImage(np.ascontiguousarray(rgb.astype(np.float32) / top), alpha, 16 if top > 255 else 8, icc,
-                       exif_of_tiff(path) if with_exif else None, "TIFF", grey=grey, frames=frames, xmp=xmp)
+                       None, "TIFF", grey=grey, frames=frames, xmp=xmp)
 
 
 def _is_16bit(path: Path, im: Image.Image) -> bool:

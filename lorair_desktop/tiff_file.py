@@ -47,30 +47,32 @@ def sub_ifd(exif: Image.Exif, tag: int) -> dict:
 def exif_of_tiff(source: Image.Image | Path) -> bytes | None:
     """The EXIF of a TIFF, as the EXIF block JPEG, PNG and HEIF writers take: its text tags and its
     Exif and GPS IFDs; None where it has none. `source`: the TIFF opened by Pillow, or the path of
-    one Pillow cannot open (its first IFD is parsed from the file). Damaged EXIF is left out (the
-    photo still opens): a sub-IFD that cannot be read, or all of it where it cannot be laid out again."""
+    one Pillow cannot open (only its first IFD and the sub-IFDs are read from the file, not its
+    pixels). Damaged EXIF is left out (the photo still opens): a sub-IFD that cannot be read, or all
+    of it where its first IFD cannot be read or it cannot be laid out again."""
     try:
-        if isinstance(source, Path):
-            src = Image.Exif()
-            src.load(source.read_bytes())  # a TIFF file is laid out as an EXIF block is
-        else:
-            src = source.getexif()
-        out = Image.Exif()
-        for tag in TEXT_TAGS:
-            if tag in src:
-                out[tag] = src[tag]
-        for tag in SUB_IFDS:
-            try:
-                ifd = sub_ifd(src, tag)
-            except Exception as exc:  # Pillow raises many kinds on a damaged IFD
-                log.warning("left out the TIFF's damaged EXIF IFD 0x%04x: %s", tag, exc)
-                continue
-            if ifd:
-                out[tag] = ifd
-        return out.tobytes() if len(out) else None
+        if not isinstance(source, Path):
+            return _photo_tags(source.getexif())
+        with open(source, "rb") as fh:  # the sub-IFDs are read from the file as they are asked for
+            tags = Image.Exif()
+            tags.load_from_fp(fh)  # a TIFF's first IFD, as Pillow reads it from a TIFF it opened
+            return _photo_tags(tags)
     except Exception as exc:
         log.warning("left out the TIFF's EXIF, which could not be read: %s", exc)
         return None
+
+
+def _photo_tags(src: Image.Exif) -> bytes | None:
+    """Of a TIFF's first IFD, the photo's tags as an EXIF block (see `exif_of_tiff`)."""
+    out = Image.Exif()
+    for tag in TEXT_TAGS:
+        if tag in src:
+            out[tag] = src[tag]
+    for tag in SUB_IFDS:
+        ifd = sub_ifd(src, tag)  # Pillow reads a sub-IFD it cannot find or parse as empty
+        if ifd:
+            out[tag] = ifd
+    return out.tobytes() if len(out) else None
 
 
 def write_tiff(path: Path, samples: np.ndarray, icc: bytes | None, xmp: bytes | None, exif: bytes | None) -> None:

@@ -232,8 +232,14 @@ def _extract_data(tar: tarfile.TarFile, outdir: Path, name: str) -> None:
     """Unpack only what lands inside ``outdir``: tarfile's "data" filter where this Python has it
     (3.11.4 and later; Debian 12 ships 3.11.2), else its files and folders whose paths stay inside
     (links and devices skipped: photos need neither)."""
+    def outside(member: str) -> PhotoFetchError:
+        return PhotoFetchError(f"{name} holds a path outside its folder: {member}", "delete it and fetch again")
+
     if hasattr(tarfile, "data_filter"):
-        tar.extractall(outdir, filter="data")
+        try:
+            tar.extractall(outdir, filter="data")
+        except tarfile.OutsideDestinationError as exc:
+            raise outside(exc.tarinfo.name) from exc
         return
     root = outdir.resolve()
     safe = []
@@ -241,7 +247,7 @@ def _extract_data(tar: tarfile.TarFile, outdir: Path, name: str) -> None:
         if not (member.isfile() or member.isdir()):
             continue
         if not (root / member.name).resolve().is_relative_to(root):
-            raise PhotoFetchError(f"{name} holds a path outside its folder: {member.name}", "delete it and fetch again")
+            raise outside(member.name)
         safe.append(member)
     tar.extractall(outdir, members=safe)  # every member checked above
 

@@ -3,15 +3,18 @@ into every format, 8 and 16 bits, with its orientation reset as EXIF's is, and w
 Ultra HDR photo's XMP describes; the camera's EXIF whole, TIFFs included (the app's batch:
 tests/app/test_window.py)."""
 
+import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+import tifffile
+from PIL import Image, UnidentifiedImageError
 from PIL.TiffImagePlugin import IFDRational
 
 from lorair_desktop import imageio
 from lorair_desktop.cli import main
+from lorair_desktop.tiff_file import write_tiff
 
 XMP = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
        b'<rdf:Description xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns:xmp="http://ns.adobe.com/xap/1.0/" '
@@ -82,8 +85,6 @@ def test_the_cameras_exif_travels_whole(tmp_path, ext, depth) -> None:
     assert imageio.read_image(dst).bit_depth == depth
     _check_camera_exif(dst)
     if ext == ".tif":  # a second reader finds the same IFDs
-        import tifffile
-
         with tifffile.TiffFile(dst) as tf:
             page = tf.pages[0]
             assert page.tags["ExifTag"].value["ISOSpeedRatings"] == 400
@@ -132,11 +133,7 @@ def test_a_write_that_fails_says_why_and_leaves_nothing_behind(small_model_path,
 
 def test_a_tiff_whose_exif_points_nowhere_still_opens(tmp_path) -> None:
     """A TIFF whose Exif IFD pointer runs past the file's end (a truncated copy): the photo opens and
-    keeps what could be read of its EXIF."""
-    import struct
-
-    import tifffile
-
+    keeps what could be read of its EXIF (Pillow reads that IFD as empty)."""
     src = tmp_path / "broken.tif"
     imageio.write_image(src, np.random.default_rng(3).random((16, 24, 3)).astype(np.float32), exif=_camera_exif())
     with tifffile.TiffFile(src) as tf:
@@ -153,10 +150,6 @@ def test_a_tiff_whose_exif_points_nowhere_still_opens(tmp_path) -> None:
 
 def test_the_exif_of_a_tiff_pillow_cannot_open_is_read_too(tmp_path) -> None:
     """16-bit grey with alpha (as GIMP writes it) is read by tifffile alone; its EXIF still travels."""
-    from PIL import UnidentifiedImageError
-
-    from lorair_desktop.tiff_file import write_tiff
-
     src = tmp_path / "grey_alpha.tif"
     samples = (np.random.default_rng(4).random((12, 20, 2)) * 65535).astype(np.uint16)
     write_tiff(src, samples, None, None, imageio.upright_exif(_camera_exif()))
